@@ -1,0 +1,75 @@
+"""Recording audit entries in the caller's transaction."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from sqlalchemy import insert
+from sqlalchemy.orm import Session
+
+from app.audit.models import AuditEntry
+from app.db import utcnow
+from app.middleware import request_id_var
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def encode_controls(text: str) -> str:
+    """Control characters in free text become visible escapes, so entries cannot forge lines."""
+    return _CONTROL.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who acted, as far as it is known (a failed token has no verified identity)."""
+
+    member: str | None
+    client: str | None
+
+
+ANONYMOUS = Actor(member=None, client=None)
+
+
+@dataclass(frozen=True)
+class Entry:
+    action: str
+    decision: str
+    target: str | None = None
+    reasons: Sequence[str] = field(default_factory=tuple)
+    policy_hash: str | None = None
+    purpose: str | None = None
+
+
+def _row(actor: Actor, entry: Entry) -> dict[str, object]:
+    return {
+        "time": utcnow(),
+        "actor": actor.member,
+        "client": actor.client,
+        "action": entry.action,
+        "target": entry.target,
+        "decision": entry.decision,
+        "reasons": [encode_controls(r) for r in entry.reasons],
+        "policy_hash": entry.policy_hash,
+        "purpose": encode_controls(entry.purpose) if entry.purpose is not None else None,
+        "request_id": request_id_var.get(),
+    }
+
+
+def record(session: Session, actor: Actor, *entries: Entry) -> None:
+    """Append entries to the caller's transaction: they commit or vanish with the action."""
+    if entries:
+        session.execute(insert(AuditEntry), [_row(actor, e) for e in entries])
+
+
+def record_refusal(session: Session, actor: Actor, entry: Entry) -> None:
+    """Record a refusal that must survive the rollback of the request it refuses."""
+    row = _row(actor, entry)
+
+    def add(s: Session) -> None:
+        s.execute(insert(AuditEntry), [row])
+
+    session.info.setdefault("on_rollback", []).append(add)
+    # Also in the current transaction, in case the caller answers without raising.
+    session.execute(insert(AuditEntry), [row])

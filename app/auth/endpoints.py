@@ -1,0 +1,118 @@
+"""OAuth 2.0 metadata, the service's public keys, and the token endpoint."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Form, Response
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+
+from app.auth.deps import StateDep
+from app.auth.scopes import ALL_SCOPES
+from app.auth.service import TokenRequestError, issue_token
+from app.db import SessionDep
+from app.kit import jwt
+
+router = APIRouter(tags=["auth"])
+
+
+class AuthorizationServerMetadata(BaseModel):
+    issuer: str
+    token_endpoint: str
+    jwks_uri: str
+    grant_types_supported: list[str]
+    token_endpoint_auth_methods_supported: list[str]
+    token_endpoint_auth_signing_alg_values_supported: list[str]
+    scopes_supported: list[str]
+
+
+class TokenResponse(BaseModel):
+    access_token: str
+    token_type: str
+    expires_in: int
+    scope: str
+
+
+class OAuthError(BaseModel):
+    """RFC 6749 §5.2 error response."""
+
+    error: str
+    error_description: str
+
+
+@router.get("/.well-known/oauth-authorization-server")
+def metadata(state: StateDep) -> AuthorizationServerMetadata:
+    """RFC 8414 authorization server metadata."""
+    issuer = state.issuer
+    return AuthorizationServerMetadata(
+        issuer=issuer,
+        token_endpoint=f"{issuer}/v1/auth/token",
+        jwks_uri=f"{issuer}/.well-known/jwks.json",
+        grant_types_supported=["client_credentials"],
+        token_endpoint_auth_methods_supported=["private_key_jwt"],
+        token_endpoint_auth_signing_alg_values_supported=["ES256", "RS256"],
+        scopes_supported=list(ALL_SCOPES),
+    )
+
+
+@router.get("/.well-known/jwks.json")
+def jwks(state: StateDep) -> dict[str, Any]:
+    """The service's public signing keys (access tokens, audit checkpoints)."""
+    return jwt.jwks(state.signing_keys)
+
+
+def _oauth_error(exc: TokenRequestError) -> JSONResponse:
+    headers = {"Cache-Control": "no-store"}
+    if exc.status == 401:
+        headers["WWW-Authenticate"] = 'Bearer error="invalid_client"'
+    return JSONResponse(
+        {"error": exc.error, "error_description": exc.description},
+        status_code=exc.status,
+        headers=headers,
+    )
+
+
+@router.post(
+    "/v1/auth/token",
+    response_model=TokenResponse,
+    responses={
+        400: {"model": OAuthError, "description": "Invalid request, grant or scope"},
+        401: {"model": OAuthError, "description": "Client authentication failed"},
+        413: {"description": "Content Too Large"},
+    },
+)
+def token(
+    response: Response,
+    session: SessionDep,
+    state: StateDep,
+    # Lengths are not limited here: an oversized assertion must get the same invalid_client
+    # answer as any other bad one (the JWT wrapper caps it at 8 KiB before decoding).
+    grant_type: Annotated[str | None, Form()] = None,
+    client_assertion_type: Annotated[str | None, Form()] = None,
+    client_assertion: Annotated[str | None, Form()] = None,
+    scope: Annotated[str | None, Form()] = None,
+) -> TokenResponse | JSONResponse:
+    """Exchange a `private_key_jwt` client assertion (RFC 7523) for an access token."""
+    try:
+        issued = issue_token(
+            session,
+            grant_type=grant_type,
+            assertion_type=client_assertion_type,
+            assertion=client_assertion,
+            requested_scope=scope,
+            issuer=state.issuer,
+            signing_key=state.signing_key,
+            ttl=state.settings.access_token_ttl,
+        )
+    except TokenRequestError as exc:
+        # Not raised further: the refusal's audit entry is part of this transaction and must
+        # commit, while nothing else was written.
+        return _oauth_error(exc)
+    response.headers["Cache-Control"] = "no-store"
+    return TokenResponse(
+        access_token=issued.access_token,
+        token_type="Bearer",  # noqa: S106 - RFC 6750 token type
+        expires_in=issued.expires_in,
+        scope=issued.scope,
+    )

@@ -1,0 +1,90 @@
+"""Building an application's state from settings, and preparing its database."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Engine
+
+from app.config import PROJECT_ROOT, ConfigError, Settings
+from app.db import make_engine, make_sessionmaker, transaction
+from app.keys.provider import EnvKeyProvider, KeyProvider, KeyringError, LocalKeyring
+from app.keys.service import Envelope
+from app.kit.jwt import SigningKey, VerificationKey
+from app.members import service as members_service
+from app.policy.service import PolicyState
+from app.state import AppState
+
+
+def alembic_config(url: str | None = None) -> Config:
+    """The project's Alembic configuration, optionally pointed at `url`."""
+    config = Config(str(PROJECT_ROOT / "alembic.ini"))
+    config.set_main_option("script_location", str(PROJECT_ROOT / "migrations"))
+    config.attributes["configure_logging"] = False
+    if url is not None:
+        config.attributes["url"] = url
+    return config
+
+
+def upgrade_database(url: str) -> None:
+    """Apply every migration to the database at `url`: the only way the schema is made."""
+    command.upgrade(alembic_config(url), "head")
+
+
+def load_key_provider(settings: Settings, *, create: bool = False) -> KeyProvider:
+    """The configured key provider; refuses development keys outside development."""
+    provider: KeyProvider
+    if settings.key_provider == "env":
+        try:
+            provider = EnvKeyProvider()
+        except KeyringError as exc:
+            raise ConfigError(str(exc)) from exc
+    else:
+        strict = not settings.is_development
+        try:
+            if create and settings.is_development:
+                provider = LocalKeyring.create(
+                    settings.data_dir, development=True, require_strict_permissions=strict
+                )
+            else:
+                provider = LocalKeyring.load(settings.data_dir, require_strict_permissions=strict)
+        except KeyringError as exc:
+            raise ConfigError(str(exc)) from exc
+    if provider.is_development and not settings.is_development:
+        raise ConfigError(
+            "the keyring holds development keys; production needs keys made for production"
+        )
+    return provider
+
+
+def build_state(settings: Settings, *, engine: Engine | None = None) -> AppState:
+    """Everything a running instance holds: policy, keys, database engine."""
+    policy = PolicyState.load(Path(settings.policy_dir))
+    provider = load_key_provider(settings, create=True)
+    signing = [SigningKey.from_pem(kid, pem) for kid, pem in provider.service_signing_keys()]
+    if not signing:
+        raise ConfigError("the key provider holds no service signing key")
+    engine = engine or make_engine(settings.resolved_database_url)
+    return AppState(
+        settings=settings,
+        engine=engine,
+        sessionmaker=make_sessionmaker(engine),
+        keys=provider,
+        envelope=Envelope(provider),
+        policy=policy,
+        signing_keys=signing,
+        verification_keys={
+            k.kid: VerificationKey.from_pem(k.kid, "ES256", k.public_pem()) for k in signing
+        },
+    )
+
+
+def prepare_database(state: AppState) -> None:
+    """Mirror the roster into the database and give every member its key."""
+    with transaction(state.sessionmaker) as session:
+        members_service.sync_roster(session, state.policy.bundle)
+        session.flush()  # members must exist before their keys reference them
+        for code in state.policy.bundle.members:
+            state.envelope.ensure_member_key(session, code)

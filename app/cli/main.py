@@ -1,0 +1,101 @@
+"""The `tearline` command."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+import uvicorn
+
+from app import bootstrap
+from app.cli import clients, dev
+from app.cli.common import fail, refusals, settings_or_exit
+from app.config import Settings
+from app.main import create_app
+from app.policy.bundle import load_bundle
+from app.policy.engine import PolicyEngine
+
+app = typer.Typer(help="Tearline: need-to-know sharing of CTF intelligence.", no_args_is_help=True)
+db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
+members_app = typer.Typer(help="The roster.", no_args_is_help=True)
+policy_app = typer.Typer(help="The policy bundle.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+app.add_typer(dev.app, name="dev")
+app.add_typer(clients.app, name="clients")
+app.add_typer(members_app, name="members")
+app.add_typer(policy_app, name="policy")
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Address to bind")] = None,
+    port: Annotated[int | None, typer.Option(help="Port to bind")] = None,
+) -> None:
+    """Serve the API (applying migrations first in development)."""
+    base = settings_or_exit()
+    overrides = {k: v for k, v in {"host": host, "port": port}.items() if v is not None}
+    settings = (
+        Settings(**{**base.model_dump(exclude_unset=True), **overrides}) if overrides else base
+    )
+    with refusals():
+        application = create_app(settings)
+    uvicorn.run(
+        application,
+        host=settings.host,
+        port=settings.port,
+        log_level="warning",
+        proxy_headers=False,
+        server_header=False,
+    )
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Apply all migrations."""
+    settings = settings_or_exit()
+    bootstrap.upgrade_database(settings.resolved_database_url)
+    typer.echo("database at head")
+
+
+@members_app.command("list")
+def members_list() -> None:
+    """List the roster: code, kind, roles, clearance, active."""
+    settings = settings_or_exit()
+    with refusals():
+        bundle = load_bundle(Path(settings.policy_dir))
+    for m in sorted(bundle.members.values(), key=lambda m: m.code):
+        roles = ",".join(sorted(m.roles))
+        status = "active" if m.active else "suspended"
+        typer.echo(
+            "\t".join((m.code, m.kind, roles, m.clearance.name, status, m.name))
+        )
+
+
+@policy_app.command("check")
+def policy_check() -> None:
+    """Validate the bundle, roster and taxonomy together."""
+    settings = settings_or_exit()
+    with refusals():
+        bundle = load_bundle(Path(settings.policy_dir))
+    typer.echo(
+        f"policy bundle {bundle.hash} ok: {len(bundle.files)} files, {len(bundle.members)} members"
+    )
+
+
+@policy_app.command("test")
+def policy_test() -> None:
+    """Run every decision case in the bundle's tests; non-zero exit on any failure."""
+    settings = settings_or_exit()
+    with refusals():
+        bundle = load_bundle(Path(settings.policy_dir))
+    engine = PolicyEngine(bundle)
+    failures = 0
+    for case in bundle.cases:
+        got = engine.decide(case.report, [case.member])[case.member].level.value
+        if got != case.expect.value:
+            failures += 1
+            typer.echo(f"FAIL {case.name}: {case.member} got {got}, expected {case.expect.value}")
+    typer.echo(f"{len(bundle.cases) - failures} passed, {failures} failed")
+    if failures:
+        raise fail("policy decision cases failed")

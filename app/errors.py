@@ -1,0 +1,180 @@
+"""Errors are types; one handler renders each as an RFC 9457 problem document."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from http import HTTPStatus
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger("tearline.errors")
+
+PROBLEM_MEDIA_TYPE = "application/problem+json"
+PROBLEM_BASE = "https://tearline.invalid/problems/"
+
+
+class AppError(Exception):
+    status: int = 500
+    title: str = "Internal Server Error"
+    slug: str = "internal"
+
+    def __init__(self, detail: str | None = None, *, headers: dict[str, str] | None = None):
+        super().__init__(detail or self.title)
+        self.detail = detail
+        self.headers = headers or {}
+
+    def body(self) -> dict[str, Any]:
+        problem: dict[str, Any] = {
+            "type": PROBLEM_BASE + self.slug,
+            "title": self.title,
+            "status": self.status,
+        }
+        if self.detail:
+            problem["detail"] = self.detail
+        return problem
+
+
+class BadRequest(AppError):
+    status, title, slug = 400, "Bad Request", "bad-request"
+
+
+class Unauthorized(AppError):
+    status, title, slug = 401, "Unauthorized", "unauthorized"
+
+    def __init__(self) -> None:
+        # One answer for every token failure: no hint which check failed.
+        super().__init__(
+            "The access token is missing, invalid or expired.",
+            headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
+        )
+
+
+class Forbidden(AppError):
+    status, title, slug = 403, "Forbidden", "forbidden"
+
+
+class NotFound(AppError):
+    status, title, slug = 404, "Not Found", "not-found"
+
+    def __init__(self) -> None:
+        # Deny looks like absence: the same text for "no such thing" and "not for you".
+        super().__init__("No such resource.")
+
+
+class Conflict(AppError):
+    status, title, slug = 409, "Conflict", "conflict"
+
+
+class PreconditionFailed(AppError):
+    status, title, slug = 412, "Precondition Failed", "precondition-failed"
+
+
+class PayloadTooLarge(AppError):
+    status, title, slug = 413, "Content Too Large", "payload-too-large"
+
+
+class Unprocessable(AppError):
+    status, title, slug = 422, "Unprocessable Content", "validation"
+
+    def __init__(self, detail: str, errors: Sequence[dict[str, Any]] = ()) -> None:
+        super().__init__(detail)
+        self.errors = list(errors)
+
+    def body(self) -> dict[str, Any]:
+        problem = super().body()
+        problem["errors"] = self.errors
+        return problem
+
+
+class TooManyRequests(AppError):
+    status, title, slug = 429, "Too Many Requests", "rate-limited"
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__("Rate limit exceeded.", headers={"Retry-After": str(retry_after)})
+
+
+class ServiceUnavailable(AppError):
+    status, title, slug = 503, "Service Unavailable", "unavailable"
+
+
+class Problem(BaseModel):
+    """RFC 9457 problem document."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str
+    title: str
+    status: int
+    detail: str | None = None
+
+
+class ValidationProblem(Problem):
+    errors: list[dict[str, Any]] = []
+
+
+def problem_response(
+    status: int, body: dict[str, Any], headers: dict[str, str] | None = None
+) -> JSONResponse:
+    """A problem+json response."""
+    return JSONResponse(body, status_code=status, headers=headers, media_type=PROBLEM_MEDIA_TYPE)
+
+
+def responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI declarations of a route's error responses, all problem documents."""
+    declared: dict[int | str, dict[str, Any]] = {}
+    for status in statuses:
+        model = ValidationProblem if status == 422 else Problem
+        declared[status] = {
+            "model": model,
+            "description": HTTPStatus(status).phrase,
+            "content": {
+                PROBLEM_MEDIA_TYPE: {"schema": {"$ref": f"#/components/schemas/{model.__name__}"}}
+            },
+        }
+    return declared
+
+
+def _safe_errors(errors: Sequence[Any]) -> list[dict[str, Any]]:
+    # Never echo the rejected input back: it may be a secret or report content.
+    return [
+        {
+            "loc": [str(p) for p in err.get("loc", ())],
+            "msg": str(err.get("msg", "")),
+            "type": str(err.get("type", "")),
+        }
+        for err in errors
+    ]
+
+
+def install_handlers(app: FastAPI) -> None:
+    """Render every error, ours or the framework's, as problem+json."""
+
+    @app.exception_handler(AppError)
+    async def _app_error(_: Request, exc: AppError) -> JSONResponse:
+        return problem_response(exc.status, exc.body(), exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        err = Unprocessable("The request is not valid.", _safe_errors(exc.errors()))
+        return problem_response(422, err.body())
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        status = exc.status_code
+        if status == 404:
+            return problem_response(404, NotFound().body())
+        body = {"type": "about:blank", "title": HTTPStatus(status).phrase, "status": status}
+        return problem_response(status, body, dict(exc.headers or {}))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+        # The exception text may carry data; log only its type here, the traceback goes to
+        # the server log through uvicorn's own handler at debug level.
+        log.error("unhandled error", extra={"error_type": type(exc).__name__})
+        return problem_response(500, AppError().body())

@@ -1,0 +1,125 @@
+"""The envelope scheme: master key → one key per member → one data key per report version."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from app.keys.models import MemberKey
+from app.keys.provider import KeyProvider
+from app.kit import crypto
+from app.kit.crypto import CorruptionError, SecretBytes
+
+
+class KeyDestroyed(CorruptionError):
+    """The key needed is gone on purpose (purge or member removal): the content is unrecoverable."""
+
+
+@dataclass(frozen=True)
+class DataKey:
+    """A report version's data key and the wrapped form stored beside its ciphertexts."""
+
+    key: SecretBytes
+    wrapped: bytes
+    member: str
+    member_key_version: int
+
+
+def _member_key_aad(member: str, version: int) -> bytes:
+    return crypto.associated_data("member_keys", member, version)
+
+
+def _data_key_aad(report_id: str, version: int, originator: str) -> bytes:
+    # The member key version is deliberately absent, so a re-wrap never touches content.
+    return crypto.associated_data("report_versions.data_key", report_id, version, originator)
+
+
+def field_aad(report_id: str, version: int, originator: str, field: str) -> bytes:
+    """Associated data binding a field's ciphertext to its table, report, version and field."""
+    return crypto.associated_data("report_versions", report_id, version, originator, field)
+
+
+class Envelope:
+    """Wraps and unwraps keys; unwrapped member keys are cached per process."""
+
+    def __init__(self, provider: KeyProvider) -> None:
+        self.provider = provider
+        self._member_keys: dict[tuple[str, int], SecretBytes] = {}
+        self._lock = threading.Lock()
+
+    def ensure_member_key(self, session: Session, member: str) -> int:
+        """Create the member's first key if it has none; return its current version."""
+        current = session.scalar(
+            select(func.max(MemberKey.version)).where(MemberKey.member_code == member)
+        )
+        if current is not None:
+            return int(current)
+        kek = crypto.new_key()
+        master_version = self.provider.current_master_version()
+        session.add(
+            MemberKey(
+                member_code=member,
+                version=1,
+                master_version=master_version,
+                wrapped_key=self.provider.wrap(master_version, kek, _member_key_aad(member, 1)),
+            )
+        )
+        return 1
+
+    def _member_key(
+        self, session: Session, member: str, version: int | None
+    ) -> tuple[int, SecretBytes]:
+        if version is not None:
+            cached = self._member_keys.get((member, version))
+            if cached is not None:
+                return version, cached
+        stmt = select(MemberKey).where(MemberKey.member_code == member)
+        stmt = (
+            stmt.where(MemberKey.version == version)
+            if version is not None
+            else stmt.order_by(MemberKey.version.desc()).limit(1)
+        )
+        row = session.scalars(stmt).first()
+        if row is None:
+            raise KeyDestroyed(f"no key for member {member}")
+        if row.wrapped_key is None:
+            raise KeyDestroyed(f"key of member {member} version {row.version} was destroyed")
+        kek = self.provider.unwrap(
+            row.master_version, row.wrapped_key, _member_key_aad(member, row.version)
+        )
+        with self._lock:
+            self._member_keys[(member, row.version)] = kek
+        return row.version, kek
+
+    def new_data_key(
+        self, session: Session, report_id: str, version: int, originator: str
+    ) -> DataKey:
+        """A fresh data key for one report version, wrapped by the originator's current key."""
+        key_version, kek = self._member_key(session, originator, None)
+        key = crypto.new_key()
+        wrapped = crypto.wrap_key(kek, key, _data_key_aad(report_id, version, originator))
+        return DataKey(key=key, wrapped=wrapped, member=originator, member_key_version=key_version)
+
+    def open_data_key(
+        self,
+        session: Session,
+        *,
+        report_id: str,
+        version: int,
+        originator: str,
+        member_key_version: int,
+        wrapped: bytes | None,
+    ) -> SecretBytes:
+        """Unwrap a stored data key; CorruptionError if it was moved, altered or destroyed."""
+        if wrapped is None:
+            raise KeyDestroyed("data key destroyed")
+        _, kek = self._member_key(session, originator, member_key_version)
+        return crypto.unwrap_key(kek, wrapped, _data_key_aad(report_id, version, originator))
+
+    def forget(self) -> None:
+        """Drop cached member keys (after rotation or destruction)."""
+        with self._lock:
+            self._member_keys.clear()

@@ -1,0 +1,68 @@
+"""The application factory."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse
+from sqlalchemy import text
+
+from app import bootstrap
+from app.auth.endpoints import router as auth_router
+from app.config import Settings, get_settings
+from app.errors import ServiceUnavailable, install_handlers, problem_response, responses
+from app.members.endpoints import router as members_router
+from app.middleware import BodyLimitMiddleware, RequestIdMiddleware
+from app.policy.endpoints import router as policy_router
+from app.reports.endpoints import router as reports_router
+from app.state import AppState
+
+
+def create_app(settings: Settings | None = None, *, state: AppState | None = None) -> FastAPI:
+    """A Tearline API instance; migrations run at start-up in development only."""
+    settings = settings or get_settings()
+    state = state or bootstrap.build_state(settings)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        if settings.is_development:
+            bootstrap.upgrade_database(settings.resolved_database_url)
+        bootstrap.prepare_database(state)
+        yield
+        state.engine.dispose()
+
+    app = FastAPI(
+        title="Tearline",
+        version="0.1.0",
+        summary="Need-to-know sharing of counter-terrorist-financing intelligence.",
+        lifespan=lifespan,
+    )
+    app.state.tearline = state
+    install_handlers(app)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestIdMiddleware)
+
+    @app.get("/healthz", tags=["service"])
+    def healthz() -> dict[str, str]:
+        """The process is up."""
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["service"], responses=responses(503))
+    def readyz() -> Any:
+        """The process can serve: its database answers."""
+        try:
+            with state.engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+        except Exception:
+            err = ServiceUnavailable("The database is not reachable.")
+            return problem_response(err.status, err.body())
+        return JSONResponse({"status": "ready"})
+
+    app.include_router(auth_router)
+    app.include_router(reports_router)
+    app.include_router(members_router)
+    app.include_router(policy_router)
+    return app

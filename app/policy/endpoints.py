@@ -1,0 +1,26 @@
+"""The policy bundle in force."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from fastapi import APIRouter
+from pydantic import BaseModel
+
+from app.auth.deps import PolicyRead, StateDep
+from app.errors import responses
+
+router = APIRouter(prefix="/v1/policy", tags=["policy"])
+
+
+class PolicyInfo(BaseModel):
+    hash: str
+    loaded_at: datetime
+    files: list[str]
+
+
+@router.get("", response_model=PolicyInfo, responses=responses(401, 403, 429))
+def policy_info(state: StateDep, _: PolicyRead) -> PolicyInfo:
+    """The hash, load time and files of the policy bundle in force."""
+    bundle = state.policy.bundle
+    return PolicyInfo(hash=bundle.hash, loaded_at=bundle.loaded_at, files=list(bundle.files))

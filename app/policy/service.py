@@ -1,0 +1,60 @@
+"""The bundle in force, and decisions for whole reports."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from app.policy.bundle import PolicyBundle, load_bundle
+from app.policy.engine import Decision, PolicyEngine, ReportFacts
+
+READABLE_LEVELS = ("full", "tearline")
+
+
+@dataclass(frozen=True)
+class Audience:
+    full: tuple[str, ...]
+    tearline: tuple[str, ...]
+
+
+class PolicyState:
+    """Holds the bundle and engine in force; swapped whole so no request sees half of one."""
+
+    def __init__(self, bundle: PolicyBundle) -> None:
+        self._lock = threading.Lock()
+        self._current = (bundle, PolicyEngine(bundle))
+
+    @classmethod
+    def load(cls, policy_dir: Path) -> PolicyState:
+        """Load and validate the bundle in `policy_dir`; PolicyError if anything is wrong."""
+        return cls(load_bundle(policy_dir))
+
+    @property
+    def bundle(self) -> PolicyBundle:
+        return self._current[0]
+
+    @property
+    def engine(self) -> PolicyEngine:
+        return self._current[1]
+
+    def decide(self, facts: ReportFacts) -> dict[str, Decision]:
+        """The decision for every roster member on one report."""
+        return self.engine.decide(facts)
+
+    def replace(self, bundle: PolicyBundle) -> None:
+        """Put a validated bundle in force."""
+        with self._lock:
+            self._current = (bundle, PolicyEngine(bundle))
+
+
+def audience_of(decisions: Iterable[Decision]) -> Audience:
+    """Who may read a report at full and at tearline, in code order."""
+    full, tearline = [], []
+    for d in decisions:
+        if d.level.value == "full":
+            full.append(d.member)
+        elif d.level.value == "tearline":
+            tearline.append(d.member)
+    return Audience(full=tuple(sorted(full)), tearline=tuple(sorted(tearline)))

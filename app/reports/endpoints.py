@@ -1,0 +1,161 @@
+"""HTTP routes of the reports API."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Query, Response, status
+
+from app.auth.deps import ReportsRead, ReportsWrite, StateDep
+from app.auth.service import Principal
+from app.db import SessionDep
+from app.errors import responses
+from app.reports import service
+from app.reports.schemas import (
+    Audience,
+    Classification,
+    EntityOut,
+    Grading,
+    ReportIn,
+    ReportOut,
+    ReportPage,
+    ReportPreview,
+)
+
+router = APIRouter(prefix="/v1/reports", tags=["reports"])
+
+IdempotencyKeyHeader = Annotated[
+    str | None,
+    Header(alias="Idempotency-Key", min_length=1, max_length=255, pattern=r"^[\x21-\x7e]+$"),
+]
+PurposeHeader = Annotated[str | None, Header(alias="Tearline-Purpose", max_length=200)]
+
+
+def to_out(view: service.ReportView, principal: Principal) -> ReportOut:
+    """The response shape of a view: content and markings only where the caller may see them."""
+    r = view.report
+    out = ReportOut(
+        id=r.id,
+        version=r.version,
+        originator=r.originator,
+        status=r.status,
+        created_at=r.created_at,
+        updated_at=r.updated_at,
+        classification=r.classification,
+        tlp=r.tlp,
+        orcon=r.orcon,
+        topics=list(r.topics),
+        grading=Grading.model_validate(r.grading) if r.grading else None,
+        access=view.level,
+        summary=view.summary,
+    )
+    if view.level == "full":
+        out.title = view.title
+        if view.body is not None:
+            out.body = view.body
+        if view.entities is not None:
+            out.entities = [EntityOut.model_validate(e) for e in view.entities]
+    if r.originator == principal.member:
+        out.releasable_to = list(r.releasable_to)
+        out.tearline_to = list(r.tearline_to)
+        out.tearline_classification = r.tearline_classification  # type: ignore[assignment]
+        if view.audience is not None:
+            out.audience = Audience(
+                full=list(view.audience.full), tearline=list(view.audience.tearline)
+            )
+    return out
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=ReportOut,
+    response_model_exclude_unset=True,
+    responses=responses(401, 403, 409, 413, 422, 429),
+)
+def create_report(
+    payload: ReportIn,
+    response: Response,
+    session: SessionDep,
+    state: StateDep,
+    principal: ReportsWrite,
+    idempotency_key: IdempotencyKeyHeader = None,
+) -> ReportOut:
+    """Submit a report. Its content is encrypted; who may read it is decided now and stored."""
+    view, replayed = service.create(
+        session, state.policy, state.envelope, principal, payload, idempotency_key
+    )
+    response.headers["Location"] = f"/v1/reports/{view.report.id}"
+    if replayed:
+        response.headers["Idempotent-Replayed"] = "true"
+    return to_out(view, principal)
+
+
+@router.post(
+    "/preview",
+    response_model=ReportPreview,
+    responses=responses(401, 403, 413, 422, 429),
+)
+def preview_report(
+    payload: ReportIn, session: SessionDep, state: StateDep, principal: ReportsWrite
+) -> ReportPreview:
+    """Validate a report and show who would be able to read it, without storing it."""
+    audience = service.preview(session, state.policy, principal, payload)
+    return ReportPreview(
+        audience=Audience(full=list(audience.full), tearline=list(audience.tearline))
+    )
+
+
+@router.get(
+    "",
+    response_model=ReportPage,
+    response_model_exclude_unset=True,
+    responses=responses(401, 403, 422, 429),
+)
+def list_reports(
+    session: SessionDep,
+    state: StateDep,
+    principal: ReportsRead,
+    topic: Annotated[str | None, Query(max_length=16)] = None,
+    originator: Annotated[str | None, Query(max_length=16)] = None,
+    classification: Classification | None = None,
+    report_status: Annotated[
+        str | None, Query(alias="status", pattern="^(active|revoked|purged)$")
+    ] = None,
+    updated_since: datetime | None = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 50,
+    cursor: Annotated[str | None, Query(max_length=512)] = None,
+) -> ReportPage:
+    """Reports the caller may read at tearline or above, newest first, without body or entities."""
+    filters = service.ListFilters(
+        topic=topic,
+        originator=originator,
+        classification=classification,
+        status=report_status,
+        updated_since=updated_since,
+    )
+    views, next_cursor = service.list_readable(
+        session, state.policy, state.envelope, principal, filters, limit, cursor
+    )
+    return ReportPage(items=[to_out(v, principal) for v in views], next_cursor=next_cursor)
+
+
+@router.get(
+    "/{report_id}",
+    response_model=ReportOut,
+    response_model_exclude_unset=True,
+    responses=responses(401, 403, 404, 422, 429),
+)
+def get_report(
+    report_id: str,
+    session: SessionDep,
+    state: StateDep,
+    principal: ReportsRead,
+    purpose: PurposeHeader = None,
+) -> ReportOut:
+    """The report at the caller's level; 404 when it does not exist or is not for the caller."""
+    view = service.read(
+        session, state.policy, state.envelope, principal, report_id, purpose=purpose
+    )
+    return to_out(view, principal)

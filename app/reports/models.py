@@ -1,0 +1,117 @@
+"""Reports: clear metadata for the policy engine, content only as ciphertext."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    ForeignKey,
+    ForeignKeyConstraint,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+)
+from sqlalchemy.orm import Mapped, mapped_column
+
+from app.db import Base, UTCDateTime, utcnow
+
+
+class Report(Base):
+    """The current state of a report: markings in clear (the engine decides on them)."""
+
+    __tablename__ = "reports"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    originator: Mapped[str] = mapped_column(ForeignKey("members.code"))
+    version: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(16), default="active")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    classification: Mapped[str] = mapped_column(String(16))
+    tlp: Mapped[str] = mapped_column(String(16))
+    orcon: Mapped[bool] = mapped_column(Boolean)
+    topics: Mapped[list[str]] = mapped_column(JSON)
+    grading: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    releasable_to: Mapped[list[str]] = mapped_column(JSON)
+    tearline_to: Mapped[list[str]] = mapped_column(JSON)
+    tearline_classification: Mapped[str] = mapped_column(String(16))
+    has_summary: Mapped[bool] = mapped_column(Boolean)
+
+    __table_args__ = (Index("ix_reports_originator_updated", "originator", "updated_at"),)
+
+
+class ReportVersion(Base):
+    """One version's content, each field AES-256-GCM under that version's own data key."""
+
+    __tablename__ = "report_versions"
+
+    report_id: Mapped[str] = mapped_column(ForeignKey("reports.id"), primary_key=True)
+    version: Mapped[int] = mapped_column(Integer, primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    key_member: Mapped[str] = mapped_column(String(16))
+    key_version: Mapped[int] = mapped_column(Integer)
+    # None once purged: the content below can then never be decrypted again.
+    wrapped_data_key: Mapped[bytes | None] = mapped_column(LargeBinary)
+    title_ct: Mapped[bytes | None] = mapped_column(LargeBinary)
+    body_ct: Mapped[bytes | None] = mapped_column(LargeBinary)
+    summary_ct: Mapped[bytes | None] = mapped_column(LargeBinary)
+    entities_ct: Mapped[bytes | None] = mapped_column(LargeBinary)
+
+    __table_args__ = (
+        ForeignKeyConstraint(
+            ["key_member", "key_version"], ["member_keys.member_code", "member_keys.version"]
+        ),
+    )
+
+
+class ReportAccess(Base):
+    """The stored decision of the policy engine for one (report, member): reads look it up.
+
+    Only levels above ``none`` are stored; a missing row is ``none``.
+    """
+
+    __tablename__ = "report_access"
+
+    report_id: Mapped[str] = mapped_column(ForeignKey("reports.id"), primary_key=True)
+    member_code: Mapped[str] = mapped_column(ForeignKey("members.code"), primary_key=True)
+    level: Mapped[str] = mapped_column(String(16))
+    # Copy of reports.updated_at so a member's listing is one index range scan.
+    report_updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    policy_hash: Mapped[str] = mapped_column(String(64))
+    policy_ids: Mapped[list[str]] = mapped_column(JSON)
+    decided_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    __table_args__ = (
+        Index(
+            "ix_report_access_member_listing",
+            "member_code",
+            "level",
+            "report_updated_at",
+            "report_id",
+        ),
+    )
+
+
+class IdempotencyKey(Base):
+    """A client's `Idempotency-Key`, the hash of the request it came with, and its result."""
+
+    __tablename__ = "idempotency_keys"
+
+    client_id: Mapped[str] = mapped_column(ForeignKey("clients.id"), primary_key=True)
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    request_hash: Mapped[str] = mapped_column(String(64))
+    report_id: Mapped[str] = mapped_column(ForeignKey("reports.id"))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class ReportTopic(Base):
+    """One row per (report, topic), so listings can filter by topic through an index."""
+
+    __tablename__ = "report_topics"
+
+    report_id: Mapped[str] = mapped_column(ForeignKey("reports.id"), primary_key=True)
+    topic: Mapped[str] = mapped_column(String(16), primary_key=True, index=True)

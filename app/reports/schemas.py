@@ -1,0 +1,104 @@
+"""Request and response shapes of the reports API."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+Classification = Literal["UNCLASSIFIED", "RESTRICTED", "CONFIDENTIAL", "SECRET"]
+TearlineClassification = Literal["UNCLASSIFIED", "RESTRICTED"]
+Tlp = Literal["CLEAR", "GREEN", "AMBER", "AMBER+STRICT", "RED"]
+EntityType = Literal[
+    "person",
+    "organization",
+    "account",
+    "iban",
+    "phone",
+    "email",
+    "wallet",
+    "vessel",
+    "document",
+    "address",
+]
+AccessLevel = Literal["full", "tearline"]
+Code = Annotated[str, StringConstraints(min_length=1, max_length=16)]
+
+
+class StrictModel(BaseModel):
+    # Unknown fields are refused, and "1" is not silently an int.
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class Grading(StrictModel):
+    reliability: Literal["A", "B", "C", "D", "E", "F"]
+    credibility: Annotated[int, Field(ge=1, le=6)]
+
+
+class EntityIn(StrictModel):
+    type: EntityType
+    value: Annotated[str, StringConstraints(min_length=1, max_length=500)]
+    label: Annotated[str, StringConstraints(max_length=200)] | None = None
+
+
+class ReportIn(StrictModel):
+    """A report as its originator submits it."""
+
+    title: Annotated[str, StringConstraints(min_length=1, max_length=200)]
+    body: Annotated[str, StringConstraints(min_length=1, max_length=100_000)]
+    summary: Annotated[str, StringConstraints(min_length=1, max_length=2_000)] | None = None
+    topics: Annotated[list[Code], Field(min_length=1, max_length=10)]
+    classification: Classification
+    releasable_to: Annotated[list[Code], Field(min_length=1, max_length=100)]
+    tearline_to: Annotated[list[Code], Field(min_length=1, max_length=100)] = ["ALL"]
+    tearline_classification: TearlineClassification = "UNCLASSIFIED"
+    tlp: Tlp = "AMBER"
+    orcon: bool = False
+    grading: Grading | None = None
+    entities: Annotated[list[EntityIn], Field(max_length=200)] = []
+
+
+class Audience(BaseModel):
+    full: list[str]
+    tearline: list[str]
+
+
+class EntityOut(BaseModel):
+    type: str
+    value: str
+    label: str | None = None
+
+
+class ReportOut(BaseModel):
+    """A report at the caller's level; fields a level does not show are absent."""
+
+    id: str
+    version: int
+    originator: str
+    status: str
+    created_at: datetime
+    updated_at: datetime
+    classification: Classification
+    tlp: Tlp
+    orcon: bool
+    topics: list[str]
+    grading: Grading | None
+    access: AccessLevel
+    summary: str | None
+    title: str | None = None
+    body: str | None = None
+    entities: list[EntityOut] | None = None
+    releasable_to: list[str] | None = None
+    tearline_to: list[str] | None = None
+    tearline_classification: TearlineClassification | None = None
+    audience: Audience | None = None
+
+
+class ReportPreview(BaseModel):
+    audience: Audience
+
+
+class ReportPage(BaseModel):
+    items: list[ReportOut]
+    next_cursor: str | None

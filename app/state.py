@@ -1,0 +1,35 @@
+"""Long-lived state of one application instance."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.config import Settings
+from app.keys.provider import KeyProvider
+from app.keys.service import Envelope
+from app.kit.jwt import SigningKey, VerificationKey
+from app.policy.service import PolicyState
+
+
+@dataclass
+class AppState:
+    settings: Settings
+    engine: Engine
+    sessionmaker: sessionmaker[Session]
+    keys: KeyProvider
+    envelope: Envelope
+    policy: PolicyState
+    signing_keys: list[SigningKey] = field(default_factory=list)
+    verification_keys: dict[str, VerificationKey] = field(default_factory=dict)
+
+    @property
+    def issuer(self) -> str:
+        return self.settings.resolved_issuer
+
+    @property
+    def signing_key(self) -> SigningKey:
+        """The key new tokens are signed with (the provider lists the current one first)."""
+        return self.signing_keys[0]
