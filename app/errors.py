@@ -13,6 +13,8 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from app.kit.crypto import CorruptionError
+
 log = logging.getLogger("tearline.errors")
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
@@ -103,6 +105,13 @@ class ServiceUnavailable(AppError):
     status, title, slug = 503, "Service Unavailable", "unavailable"
 
 
+class ContentCorrupted(AppError):
+    status, title, slug = 500, "Stored Content Corrupted", "corrupted-content"
+
+    def __init__(self) -> None:
+        super().__init__("Stored content failed its integrity check and is not served.")
+
+
 class Problem(BaseModel):
     """RFC 9457 problem document."""
 
@@ -171,6 +180,14 @@ def install_handlers(app: FastAPI) -> None:
             return problem_response(404, NotFound().body())
         body = {"type": "about:blank", "title": HTTPStatus(status).phrase, "status": status}
         return problem_response(status, body, dict(exc.headers or {}))
+
+    @app.exception_handler(CorruptionError)
+    async def _corrupt(_: Request, exc: CorruptionError) -> JSONResponse:
+        # Stored ciphertext or a wrapped key failed authentication: never serve it, say so.
+        log.error(
+            "stored content failed its integrity check", extra={"error_type": type(exc).__name__}
+        )
+        return problem_response(500, ContentCorrupted().body())
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:

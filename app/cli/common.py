@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import typer
+from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
 from app.config import ConfigError, Settings, get_settings
@@ -23,8 +24,9 @@ def settings_or_exit() -> Settings:
     """The settings, or a readable refusal."""
     try:
         return get_settings()
-    except ValueError as exc:
-        raise fail(f"configuration refused: {exc}") from None
+    except ValidationError as exc:
+        reasons = "; ".join(str(e["msg"]).removeprefix("Value error, ") for e in exc.errors())
+        raise fail(f"configuration refused: {reasons}") from None
 
 
 @contextmanager

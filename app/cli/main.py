@@ -9,7 +9,7 @@ import typer
 import uvicorn
 
 from app import bootstrap
-from app.cli import clients, dev
+from app.cli import clients, dev, keys
 from app.cli.common import fail, refusals, settings_or_exit
 from app.config import Settings
 from app.main import create_app
@@ -23,6 +23,7 @@ policy_app = typer.Typer(help="The policy bundle.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(dev.app, name="dev")
 app.add_typer(clients.app, name="clients")
+app.add_typer(keys.app, name="keys")
 app.add_typer(members_app, name="members")
 app.add_typer(policy_app, name="policy")
 

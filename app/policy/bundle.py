@@ -67,6 +67,7 @@ _LEAF_SUFFIX = re.compile(r"[A-Z][A-Z0-9]{0,15}")
 _POLICY_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _BACKTICKED = re.compile(r"`([^`]+)`")
 _SCHEMA_TYPES = re.compile(r"types?: ([\w:, ]+)")
+_SYNTAX_ERROR = re.compile(r"unexpected token|invalid token|unexpected end of input|unrecognized")
 
 
 class PolicyError(Exception):
@@ -98,7 +99,7 @@ class Classification(IntEnum):
             except KeyError:
                 raise ValueError(f"unknown classification {value!r}") from None
         # bool is an int, and True must not quietly mean RESTRICTED
-        if isinstance(value, int) and not isinstance(value, bool):
+        if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= cls.SECRET:
             return cls(value)
         raise ValueError(f"unknown classification {value!r}")
 
@@ -610,19 +611,22 @@ def _token_line(lines: list[str], message: str) -> int | None:
 def _error_line(text: str, message: str, parse: Callable[[str], object]) -> int:
     """Index of the line in `text` where the parse error `message` arises.
 
-    The first prefix of lines that reproduces the same error ends at the offending line; an error
-    seen only once the text is complete (an unknown function, say) is placed on the line naming
-    the token it quotes.
+    A syntax error first shows in the shortest prefix of lines that reproduces it, which ends at
+    the offending line. An error seen only once the text is complete (an unknown function or
+    type) is placed on the line naming the token it quotes.
     """
     lines = text.split("\n")
+    if not _SYNTAX_ERROR.search(message):
+        found = _token_line(lines, message)
+        if found is not None:
+            return found
     for count in range(1, len(lines)):
         try:
             parse("\n".join(lines[:count]))
         except ValueError as exc:
             if str(exc) == message:
                 return count - 1
-    found = _token_line(lines, message)
-    return found if found is not None else len(lines) - 1
+    return len(lines) - 1
 
 
 def _cedar_parse_error(file: str, text: str, exc: ValueError) -> PolicyError:
@@ -662,22 +666,20 @@ class _PolicyFile:
     text: str
     country: str | None
     spans: list[_Span]
+    count: int  # policies and templates, which share Cedar's positional ids
     policies: dict[str, dict[str, Any]]  # positional Cedar id -> EST, in file order
 
-    def line_of(self, positional_id: str) -> int:
+    def span(self, positional_id: str) -> _Span | None:
         index = int(positional_id.removeprefix("policy"))
         # the splitter and Cedar agree on statement boundaries; if they ever did not, point at
         # the file rather than at a wrong line
-        if len(self.spans) != len(self.policies) or index >= len(self.spans):
-            return 1
-        return self.spans[index].line
+        if len(self.spans) != self.count or index >= len(self.spans):
+            return None
+        return self.spans[index]
 
-    def statement(self, positional_id: str) -> str:
-        index = int(positional_id.removeprefix("policy"))
-        if len(self.spans) != len(self.policies) or index >= len(self.spans):
-            return self.text
-        span = self.spans[index]
-        return self.text[span.start : span.end]
+    def line_of(self, positional_id: str) -> int:
+        span = self.span(positional_id)
+        return span.line if span else 1
 
 
 def _parse_policy_file(file: str, text: str, country: str | None) -> _PolicyFile:
@@ -685,15 +687,17 @@ def _parse_policy_file(file: str, text: str, country: str | None) -> _PolicyFile
         est = json.loads(cedarpy.policies_to_json_str(text))
     except ValueError as exc:
         raise _cedar_parse_error(file, text, exc) from None
-    spans = _split_policies(text)
-    parsed = _PolicyFile(file, text, country, spans, {})
-    for positional_id in est.get("templates", {}):
+    templates: dict[str, Any] = est.get("templates", {})
+    static: dict[str, dict[str, Any]] = est.get("staticPolicies", {})
+    parsed = _PolicyFile(
+        file, text, country, _split_policies(text), len(templates) + len(static), {}
+    )
+    for positional_id in templates:
         raise PolicyError(
             file,
             parsed.line_of(positional_id),
             "policy templates are not supported: write a static policy",
         )
-    static: dict[str, dict[str, Any]] = est.get("staticPolicies", {})
     parsed.policies = dict(
         sorted(static.items(), key=lambda item: int(item[0].removeprefix("policy")))
     )
@@ -749,12 +753,11 @@ def _validate(parsed: _PolicyFile, schema: cedarpy.Schema) -> None:
     if result.validation_passed:
         return
     error = result.errors[0]
-    line = parsed.line_of(error.policy_id) if error.policy_id.startswith("policy") else 1
-    statement = parsed.statement(error.policy_id)
-    lines = statement.split("\n")
-    offset = _token_line(lines, error.error)
-    if offset is not None and len(parsed.spans) == len(parsed.policies):
-        line += offset
+    line = 1
+    span = parsed.span(error.policy_id) if error.policy_id.startswith("policy") else None
+    if span is not None:
+        offset = _token_line(parsed.text[span.start : span.end].split("\n"), error.error)
+        line = span.line + (offset or 0)
     message = re.sub(r"^for policy `policy\d+`, ", "", error.error)
     raise PolicyError(parsed.file, line, f"fails schema validation: {message}")
 
@@ -1062,7 +1065,7 @@ def load_bundle(policy_dir: Path) -> PolicyBundle:
     policy_json = json.dumps({"staticPolicies": effective, "templates": {}, "templateLinks": []})
     try:
         policy_set = cedarpy.PolicySet.from_json_str(policy_json)
-        policy_text = cedarpy.policies_from_json_str(policy_json)
+        policy_text = cedarpy.format_policies(cedarpy.policies_from_json_str(policy_json), 100)
     except ValueError as exc:
         raise PolicyError(BASE_FILE, 1, f"cannot assemble the policy set: {exc}") from None
     # the scoping clauses are ours, but they too must type-check before the set is trusted

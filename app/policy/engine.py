@@ -73,7 +73,7 @@ class _Key:
 class PolicyEngine:
     """Decides access levels under one policy bundle; build a new engine for a new bundle."""
 
-    def __init__(self, bundle: PolicyBundle, *, cache_size: int = 4096) -> None:
+    def __init__(self, bundle: PolicyBundle, *, cache_size: int = 1024) -> None:
         self._bundle = bundle
         self._all_members = tuple(bundle.members)
         self._requests = {
@@ -129,7 +129,8 @@ class PolicyEngine:
             results = cedarpy.is_authorized_batch(
                 requests, bundle.policy_set, entities, bundle.schema
             )
-        except ValueError as exc:
+        except Exception as exc:
+            # one error type for callers, whatever the binding raised; nothing is decided
             raise EngineError(f"cannot evaluate report {key.report.id!r}: {exc}") from exc
         if len(results) != len(requests):
             raise EngineError("the engine returned a different number of results than requests")

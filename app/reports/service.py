@@ -21,7 +21,7 @@ from app.db import utcnow
 from app.errors import Conflict, NotFound, Unprocessable
 from app.keys.service import Envelope, field_aad
 from app.kit import crypto
-from app.kit.crypto import SecretBytes
+from app.kit.crypto import CorruptionError, SecretBytes
 from app.policy.bundle import GROUPS, Classification
 from app.policy.engine import ReportFacts
 from app.policy.service import READABLE_LEVELS, Audience, PolicyState, audience_of
@@ -400,7 +400,23 @@ def read(
         )
         raise NotFound
     report, version, level = row
-    view = _view(envelope, session, report, version, level, with_body=True)
+    try:
+        view = _view(envelope, session, report, version, level, with_body=True)
+    except CorruptionError:
+        # The attempt is traced even though nothing is served.
+        audit.record_refusal(
+            session,
+            principal.actor,
+            audit.Entry(
+                action=action,
+                decision="error",
+                target=f"report:{report.id}",
+                reasons=(f"level:{level}", "corrupted"),
+                policy_hash=state.bundle.hash,
+                purpose=purpose,
+            ),
+        )
+        raise
     if report.originator == principal.member:
         view = ReportView(**{**view.__dict__, "audience": _stored_audience(session, report.id)})
     audit.record(

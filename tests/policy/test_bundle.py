@@ -253,10 +253,8 @@ class TestRefusedYaml:
     def test_unknown_clearance_is_refused(self, policy_dir: Path) -> None:
         text = edit(
             policy_dir / "roster.yaml",
-            "name: Egmont Group of Financial Intelligence Units\n    kind: body\n    roles: [member]\n"
-            "    clearance: RESTRICTED",
-            "name: Egmont Group of Financial Intelligence Units\n    kind: body\n    roles: [member]\n"
-            "    clearance: TOP SECRET",
+            "clearance: RESTRICTED\n    mandate: [MOV, REV.DON, REV.KFR, USE]",
+            "clearance: TOP SECRET\n    mandate: [MOV, REV.DON, REV.KFR, USE]",
         )
         error = refusal(policy_dir)
         assert (error.file, error.line) == ("roster.yaml", line_of(text, "TOP SECRET"))
@@ -507,7 +505,8 @@ class TestRefusedCases:
 
     def test_unknown_audience_code_is_refused(self, policy_dir: Path) -> None:
         case = self.CASE.format(member="DEU", topic="REV.OIL", expect="hit")
-        text = self.write_case(policy_dir, case + "      releasable_to: [EVERYONE]\n")
+        case = case.replace("REV.OIL]\n", "REV.OIL]\n      releasable_to: [EVERYONE]\n")
+        text = self.write_case(policy_dir, case)
         error = refusal(policy_dir)
         assert error.line == line_of(text, "EVERYONE")
         assert error.message == "unknown member 'EVERYONE' in releasable_to"
@@ -530,7 +529,7 @@ class TestTaxonomy:
         assert expanded == frozenset({"USE.AFF", "USE.PROC", "USE.OPS", "CTR.LE"})
 
     def test_expand_refuses_unknown_topic(self, shipped: PolicyBundle) -> None:
-        with pytest.raises(ValueError, match="unknown topic 'REV.XXX'"):
+        with pytest.raises(ValueError, match=r"unknown topic 'REV\.XXX'"):
             shipped.taxonomy.expand(["REV.XXX"])
 
 

@@ -1,0 +1,28 @@
+"""`tearline keys`: the local keyring."""
+
+from __future__ import annotations
+
+import typer
+
+from app.cli.common import fail, settings_or_exit
+from app.keys.provider import KeyringError, LocalKeyring
+
+app = typer.Typer(help="Service keys.", no_args_is_help=True)
+
+
+@app.command("init")
+def init() -> None:
+    """Create the local keyring for the configured environment (kept if it already exists)."""
+    settings = settings_or_exit()
+    if settings.key_provider != "local":
+        raise fail("refused: TEARLINE_KEY_PROVIDER is not 'local'; there is no keyring file to make")
+    try:
+        keyring = LocalKeyring.create(
+            settings.data_dir,
+            development=settings.is_development,
+            require_strict_permissions=not settings.is_development,
+        )
+    except KeyringError as exc:
+        raise fail(f"refused: {exc}") from None
+    kind = "development" if keyring.is_development else "production"
+    typer.echo(f"{kind} keyring ready at {keyring.path}")
