@@ -74,7 +74,7 @@ class TestKeyRefusals:
     def test_production_refuses_a_key_file_others_can_read(self, tmp_path: Path) -> None:
         keyring = LocalKeyring.create(tmp_path, development=False)
         keyring.path.chmod(0o644)
-        with pytest.raises(ConfigError, match="permission|mode|readable"):
+        with pytest.raises(ConfigError, match=r"permission|mode|readable"):
             bootstrap.load_key_provider(production(tmp_path))
 
     def test_production_accepts_a_production_keyring(self, tmp_path: Path) -> None:

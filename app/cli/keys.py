@@ -15,7 +15,7 @@ def init() -> None:
     """Create the local keyring for the configured environment (kept if it already exists)."""
     settings = settings_or_exit()
     if settings.key_provider != "local":
-        raise fail("refused: TEARLINE_KEY_PROVIDER is not 'local'; there is no keyring file to make")
+        raise fail("refused: TEARLINE_KEY_PROVIDER is not 'local'; no keyring file to make")
     try:
         keyring = LocalKeyring.create(
             settings.data_dir,

@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 from app.cli.main import app as cli
 from app.config import PROJECT_ROOT, Settings, get_settings
+from app.kit.jwt import SigningKey
 from app.main import create_app
 from tests.conftest import drop_database, new_database_url
 
@@ -93,8 +94,6 @@ class TestDevInit:
 class TestClients:
     def test_add_list_and_revoke_a_client(self, env: dict[str, str], tmp_path: Path) -> None:
         assert run(env, "dev", "init")[0] == 0
-        from app.kit.jwt import SigningKey
-
         key = SigningKey.generate("ita-liaison-1")
         pem = tmp_path / "liaison.pub.pem"
         pem.write_text(key.public_pem())
@@ -117,8 +116,6 @@ class TestClients:
         assert "ITA.liaison\trevoked" in run(env, "clients", "list")[1]
 
     def test_client_of_unknown_member_is_refused(self, env: dict[str, str], tmp_path: Path) -> None:
-        from app.kit.jwt import SigningKey
-
         assert run(env, "dev", "init")[0] == 0
         pem = tmp_path / "k.pem"
         pem.write_text(SigningKey.generate("k").public_pem())
@@ -131,8 +128,6 @@ class TestClients:
     def test_a_private_key_is_not_accepted_as_a_public_key(
         self, env: dict[str, str], tmp_path: Path
     ) -> None:
-        from app.kit.jwt import SigningKey
-
         assert run(env, "dev", "init")[0] == 0
         pem = tmp_path / "k.pem"
         pem.write_text(SigningKey.generate("k").private_pem())
