@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from app.audit import service as audit
 from app.auth.scopes import Scope
@@ -24,13 +25,24 @@ def get_state(request: Request) -> AppState:
 StateDep = Annotated[AppState, Depends(get_state)]
 
 
+# Declares the bearer scheme in the OpenAPI document; the header itself is checked below, the
+# same way for every malformed variant.
+_bearer = HTTPBearer(auto_error=False, bearerFormat="JWT", description="ES256 at+jwt access token")
+
+
 class Authenticator:
     """Verifies the bearer token and requires every scope in `scopes`."""
 
     def __init__(self, scopes: set[Scope]) -> None:
         self.scopes = frozenset(s.value for s in scopes)
 
-    def __call__(self, request: Request, session: SessionDep, state: StateDep) -> Principal:
+    def __call__(
+        self,
+        request: Request,
+        session: SessionDep,
+        state: StateDep,
+        _scheme: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    ) -> Principal:
         try:
             principal = authenticate(
                 session,
