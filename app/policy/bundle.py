@@ -67,6 +67,7 @@ _LEAF_SUFFIX = re.compile(r"[A-Z][A-Z0-9]{0,15}")
 _POLICY_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _BACKTICKED = re.compile(r"`([^`]+)`")
 _SCHEMA_TYPES = re.compile(r"types?: ([\w:, ]+)")
+_TRAILING_NAME = re.compile(r": ([\w:]+)$")
 _SYNTAX_ERROR = re.compile(r"unexpected token|invalid token|unexpected end of input|unrecognized")
 
 
@@ -600,6 +601,7 @@ def _token_line(lines: list[str], message: str) -> int | None:
     tokens = _BACKTICKED.findall(message)
     for found in _SCHEMA_TYPES.findall(message):
         tokens.extend(name.strip() for name in found.split(","))
+    tokens.extend(_TRAILING_NAME.findall(message))
     for token in tokens:
         pattern = re.compile(rf"(?<![\w:]){re.escape(token)}(?![\w])")
         for index, line in enumerate(lines):
@@ -612,21 +614,30 @@ def _error_line(text: str, message: str, parse: Callable[[str], object]) -> int:
     """Index of the line in `text` where the parse error `message` arises.
 
     A syntax error first shows in the shortest prefix of lines that reproduces it, which ends at
-    the offending line. An error seen only once the text is complete (an unknown function or
-    type) is placed on the line naming the token it quotes.
+    the offending line; shorter prefixes only run out of input, so the prefix is bisected. An
+    error seen only once the text is complete (an unknown function or type) is placed on the
+    line naming the token it quotes.
     """
     lines = text.split("\n")
     if not _SYNTAX_ERROR.search(message):
-        found = _token_line(lines, message)
-        if found is not None:
-            return found
-    for count in range(1, len(lines)):
+        # the whole text is at fault; its first line is a better pointer than its last
+        return _token_line(lines, message) or 0
+
+    def reproduces(count: int) -> bool:
         try:
             parse("\n".join(lines[:count]))
         except ValueError as exc:
-            if str(exc) == message:
-                return count - 1
-    return len(lines) - 1
+            return str(exc) == message
+        return False
+
+    low, high = 1, len(lines)
+    while low < high:
+        middle = (low + high) // 2
+        if reproduces(middle):
+            high = middle
+        else:
+            low = middle + 1
+    return low - 1
 
 
 def _cedar_parse_error(file: str, text: str, exc: ValueError) -> PolicyError:

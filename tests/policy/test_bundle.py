@@ -360,6 +360,16 @@ class TestRefusedCedar:
         error = refusal(policy_dir)
         assert (error.file, error.line) == ("base.cedar", line_of(text, '@id("base.hit")'))
 
+    def test_semicolons_in_comments_and_strings_do_not_shift_lines(self, policy_dir: Path) -> None:
+        path = policy_dir / "base.cedar"
+        text = (
+            '// a comment; with "quotes; and" semicolons;\n'
+            '@id("base.odd")\nforbid (principal, action, resource)\n'
+            'when { principal.code == "a;b" };\n' + path.read_text(encoding="utf-8")
+        ).replace("resource.has_summary &&", "resource.has_summary &&&")
+        path.write_text(text, encoding="utf-8")
+        assert refusal(policy_dir).line == line_of(text, "&&&")
+
     def test_policy_without_id_is_refused(self, policy_dir: Path) -> None:
         text = edit(policy_dir / "base.cedar", '@id("base.hit")\n', "")
         error = refusal(policy_dir)
