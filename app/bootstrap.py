@@ -15,6 +15,7 @@ from app.keys.service import Envelope
 from app.kit.jwt import SigningKey, VerificationKey
 from app.members import service as members_service
 from app.policy.service import PolicyState
+from app.reports import service as reports_service
 from app.state import AppState
 
 
@@ -82,9 +83,11 @@ def build_state(settings: Settings, *, engine: Engine | None = None) -> AppState
 
 
 def prepare_database(state: AppState) -> None:
-    """Mirror the roster into the database and give every member its key."""
+    """Mirror the roster, give every member its key, and re-decide what an older bundle decided."""
     with transaction(state.sessionmaker) as session:
         members_service.sync_roster(session, state.policy.bundle)
         session.flush()  # members must exist before their keys reference them
         for code in state.policy.bundle.members:
             state.envelope.ensure_member_key(session, code)
+    with transaction(state.sessionmaker) as session:
+        reports_service.redecide_stale(session, state.policy)

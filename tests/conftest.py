@@ -146,6 +146,7 @@ def report_body(**overrides: Any) -> dict[str, Any]:
 
 def make_world(tmp_dir: Path, database_url: str | None = None, **settings_overrides: Any) -> World:
     """Build a world: migrations, app start-up, one client per roster member."""
+    tmp_dir.mkdir(parents=True, exist_ok=True)
     url = database_url or new_database_url(tmp_dir)
     settings = Settings(
         env="development",

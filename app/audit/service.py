@@ -30,6 +30,8 @@ class Actor:
 
 
 ANONYMOUS = Actor(member=None, client=None)
+# Changes made from the command line by whoever operates the service.
+OPERATOR = Actor(member=None, client="operator")
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from app.audit import service as audit
 from app.auth.scopes import ALL_SCOPES, scopes_for_member
 from app.db import utcnow
 from app.kit import jwt
@@ -93,6 +94,16 @@ def add_client(
     jwt.VerificationKey.from_pem(kid, alg, public_pem)  # the same check the token endpoint makes
     session.add(Client(id=client_id, member_code=member_code, scopes=wanted))
     session.add(ClientKey(kid=kid, client_id=client_id, alg=alg, public_pem=public_pem))
+    audit.record(
+        session,
+        audit.OPERATOR,
+        audit.Entry(
+            action="client.add",
+            decision="allow",
+            target=f"client:{client_id}",
+            reasons=(f"kid:{kid}", *(f"scope:{s}" for s in wanted)),
+        ),
+    )
     return ClientInfo(client_id, member_code, wanted, "active", [kid])
 
 
@@ -116,6 +127,11 @@ def revoke_client(session: Session, client_id: str) -> None:
     client.status, client.revoked_at = "revoked", now
     for key in session.scalars(select(ClientKey).where(ClientKey.client_id == client_id)):
         key.revoked_at = key.revoked_at or now
+    audit.record(
+        session,
+        audit.OPERATOR,
+        audit.Entry(action="client.revoke", decision="allow", target=f"client:{client_id}"),
+    )
 
 
 def clients_of(session: Session, member: str) -> list[str]:

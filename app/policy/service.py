@@ -7,8 +7,19 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from app.policy.bundle import PolicyBundle, load_bundle
+from app.policy.bundle import GROUPS, Classification, PolicyBundle, load_bundle
 from app.policy.engine import Decision, PolicyEngine, ReportFacts
+
+__all__ = [
+    "GROUPS",
+    "READABLE_LEVELS",
+    "Audience",
+    "Classification",
+    "Decision",
+    "PolicyState",
+    "ReportFacts",
+    "audience_of",
+]
 
 READABLE_LEVELS = ("full", "tearline")
 

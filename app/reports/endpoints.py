@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Response, status
+from pydantic import AwareDatetime
 
 from app.auth.deps import ReportsRead, ReportsWrite, StateDep
 from app.auth.service import Principal
@@ -123,7 +123,7 @@ def list_reports(
     report_status: Annotated[
         str | None, Query(alias="status", pattern="^(active|revoked|purged)$")
     ] = None,
-    updated_since: datetime | None = None,
+    updated_since: AwareDatetime | None = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 50,
     cursor: Annotated[str | None, Query(max_length=512)] = None,
 ) -> ReportPage:

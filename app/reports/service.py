@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, and_, insert, or_, select
+from sqlalchemy import Select, and_, delete, insert, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, defer
 
@@ -22,9 +22,16 @@ from app.errors import Conflict, NotFound, Unprocessable
 from app.keys.service import Envelope, field_aad
 from app.kit import crypto
 from app.kit.crypto import CorruptionError, SecretBytes
-from app.policy.bundle import GROUPS, Classification
-from app.policy.engine import ReportFacts
-from app.policy.service import READABLE_LEVELS, Audience, PolicyState, audience_of
+from app.policy.service import (
+    GROUPS,
+    READABLE_LEVELS,
+    Audience,
+    Classification,
+    Decision,
+    PolicyState,
+    ReportFacts,
+    audience_of,
+)
 from app.reports.models import IdempotencyKey, Report, ReportAccess, ReportTopic, ReportVersion
 from app.reports.schemas import ReportIn
 
@@ -83,19 +90,24 @@ def _validate_codes(state: PolicyState, payload: ReportIn) -> None:
         raise Unprocessable("The report refers to unknown codes.", errors)
 
 
-def _facts(report_id: str, originator: str, payload: ReportIn) -> ReportFacts:
-    return ReportFacts(
+def _new_report(report_id: str, originator: str, payload: ReportIn) -> Report:
+    now = utcnow()
+    return Report(
         id=report_id,
         originator=originator,
+        version=1,
         status="active",
-        classification=Classification[payload.classification],
-        topics=frozenset(payload.topics),
-        releasable_to=frozenset(payload.releasable_to),
-        tearline_to=frozenset(payload.tearline_to),
-        tearline_classification=Classification[payload.tearline_classification],
-        has_summary=payload.summary is not None,
+        created_at=now,
+        updated_at=now,
+        classification=payload.classification,
         tlp=payload.tlp,
         orcon=payload.orcon,
+        topics=list(payload.topics),
+        grading=payload.grading.model_dump() if payload.grading else None,
+        releasable_to=list(payload.releasable_to),
+        tearline_to=list(payload.tearline_to),
+        tearline_classification=payload.tearline_classification,
+        has_summary=payload.summary is not None,
     )
 
 
@@ -110,7 +122,8 @@ def preview(
 ) -> Audience:
     """Validate a report and compute its audience without storing anything but the audit entry."""
     _validate_codes(state, payload)
-    decisions = state.decide(_facts("preview", principal.member, payload))
+    # A transient row, never added to the session: the same facts a submission would have.
+    decisions = state.decide(_facts_of(_new_report("preview", principal.member, payload)))
     audit.record(
         session,
         principal.actor,
@@ -146,30 +159,13 @@ def create(
             return replay, True
 
     report_id = str(uuid.uuid4())
-    now = utcnow()
     originator = principal.member
     bundle = state.bundle
-    decisions = state.decide(_facts(report_id, originator, payload))
+    report = _new_report(report_id, originator, payload)
+    now = report.created_at
+    decisions = state.decide(_facts_of(report))
     data_key = envelope.new_data_key(session, report_id, 1, originator)
     entities = [e.model_dump(exclude_none=True) for e in payload.entities]
-
-    report = Report(
-        id=report_id,
-        originator=originator,
-        version=1,
-        status="active",
-        created_at=now,
-        updated_at=now,
-        classification=payload.classification,
-        tlp=payload.tlp,
-        orcon=payload.orcon,
-        topics=list(payload.topics),
-        grading=payload.grading.model_dump() if payload.grading else None,
-        releasable_to=list(payload.releasable_to),
-        tearline_to=list(payload.tearline_to),
-        tearline_classification=payload.tearline_classification,
-        has_summary=payload.summary is not None,
-    )
     session.add(report)
     session.add(
         ReportVersion(
@@ -197,20 +193,7 @@ def create(
     session.execute(
         insert(ReportTopic), [{"report_id": report_id, "topic": t} for t in payload.topics]
     )
-    access_rows = [
-        {
-            "report_id": report_id,
-            "member_code": d.member,
-            "level": d.level.value,
-            "report_updated_at": now,
-            "policy_hash": d.policy_hash,
-            "policy_ids": list(d.policy_ids),
-            "decided_at": now,
-        }
-        for d in decisions.values()
-        if d.level.value != "none"
-    ]
-    session.execute(insert(ReportAccess), access_rows)
+    _store_decisions(session, report_id, decisions, now)
     if idempotency_key is not None:
         _remember_key(session, principal, idempotency_key, digest, report_id)
     audit.record(
@@ -234,6 +217,28 @@ def create(
         audience=audience_of(decisions.values()),
     )
     return view, False
+
+
+def _store_decisions(
+    session: Session, report_id: str, decisions: dict[str, Decision], updated_at: datetime
+) -> None:
+    """Store every level above none with the bundle hash and the policies that decided it."""
+    now = utcnow()
+    rows = [
+        {
+            "report_id": report_id,
+            "member_code": d.member,
+            "level": d.level.value,
+            "report_updated_at": updated_at,
+            "policy_hash": d.policy_hash,
+            "policy_ids": list(d.policy_ids),
+            "decided_at": now,
+        }
+        for d in decisions.values()
+        if d.level.value != "none"
+    ]
+    if rows:
+        session.execute(insert(ReportAccess), rows)
 
 
 def _remember_key(
@@ -273,6 +278,16 @@ def _replay(
     if stored is None:
         return None
     if stored.request_hash != digest:
+        audit.record_refusal(
+            session,
+            principal.actor,
+            audit.Entry(
+                action="report.create",
+                decision="deny",
+                target=f"report:{stored.report_id}",
+                reasons=("idempotency_key_reused",),
+            ),
+        )
         raise Conflict("This Idempotency-Key was used with a different request.")
     return read(
         session,
@@ -285,8 +300,12 @@ def _replay(
     )
 
 
-def readable_statement(member: str) -> Select[Report, ReportVersion, str]:
-    """Every report version the member may read, with its level: the only way reads start."""
+def readable_statement(member: str, policy_hash: str) -> Select[Report, ReportVersion, str]:
+    """Every report version the member may read, with its level: the only way reads start.
+
+    Only decisions made under the bundle in force count: a decision left over from an earlier
+    bundle is treated as no decision (fail closed) until it has been made again.
+    """
     return (
         select(Report, ReportVersion, ReportAccess.level)
         .join(
@@ -295,6 +314,7 @@ def readable_statement(member: str) -> Select[Report, ReportVersion, str]:
                 ReportAccess.report_id == Report.id,
                 ReportAccess.member_code == member,
                 ReportAccess.level.in_(READABLE_LEVELS),
+                ReportAccess.policy_hash == policy_hash,
             ),
         )
         .join(
@@ -383,7 +403,7 @@ def read(
 ) -> ReportView:
     """The report at the caller's level, in one query; NotFound (audited) otherwise."""
     row = session.execute(
-        readable_statement(principal.member).where(Report.id == report_id)
+        readable_statement(principal.member, state.bundle.hash).where(Report.id == report_id)
     ).first()
     if row is None:
         audit.record_refusal(
@@ -445,7 +465,10 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         stamp, report_id = json.loads(raw)
-        return datetime.fromisoformat(stamp), str(report_id)
+        position = datetime.fromisoformat(stamp)
+        if position.tzinfo is None or not isinstance(report_id, str):
+            raise ValueError("not a cursor of ours")
+        return position, report_id
     except (ValueError, TypeError, binascii.Error) as exc:
         raise Unprocessable(
             "The cursor is not valid.",
@@ -474,7 +497,7 @@ def list_readable(
             "Unknown member.",
             [{"loc": ["query", "originator"], "msg": "unknown member", "type": "unknown_member"}],
         )
-    stmt = readable_statement(principal.member).options(
+    stmt = readable_statement(principal.member, bundle.hash).options(
         defer(ReportVersion.body_ct), defer(ReportVersion.entities_ct)
     )
     if filters.topic is not None:
@@ -526,3 +549,44 @@ def list_readable(
     ]
     audit.record(session, principal.actor, *entries)
     return views, next_cursor
+
+
+def _facts_of(report: Report) -> ReportFacts:
+    return ReportFacts(
+        id=report.id,
+        originator=report.originator,
+        status=report.status,
+        classification=Classification[report.classification],
+        topics=frozenset(report.topics),
+        releasable_to=frozenset(report.releasable_to),
+        tearline_to=frozenset(report.tearline_to),
+        tearline_classification=Classification[report.tearline_classification],
+        has_summary=report.has_summary,
+        tlp=report.tlp,
+        orcon=report.orcon,
+    )
+
+
+def redecide_stale(session: Session, state: PolicyState, batch: int = 500) -> int:
+    """Decide again every report whose stored decisions were made under another bundle.
+
+    Until this has run, reads of such reports find no decision under the bundle in force and
+    answer 404 (see readable_statement): stale decisions are never served.
+    """
+    bundle = state.bundle
+    stale = (
+        select(ReportAccess.report_id)
+        .where(ReportAccess.policy_hash != bundle.hash)
+        .distinct()
+        .limit(batch)
+    )
+    done = 0
+    while True:
+        ids = list(session.scalars(stale))
+        if not ids:
+            return done
+        for report in session.scalars(select(Report).where(Report.id.in_(ids))):
+            decisions = state.decide(_facts_of(report))
+            session.execute(delete(ReportAccess).where(ReportAccess.report_id == report.id))
+            _store_decisions(session, report.id, decisions, report.updated_at)
+        done += len(ids)
