@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 import uvicorn
+from sqlalchemy.exc import OperationalError
 
 from app import bootstrap
 from app.cli import clients, dev, keys
@@ -45,7 +46,7 @@ def serve(
         application,
         host=settings.host,
         port=settings.port,
-        log_level="warning",
+        log_level=settings.log_level.lower(),
         proxy_headers=False,
         server_header=False,
     )
@@ -55,7 +56,13 @@ def serve(
 def db_upgrade() -> None:
     """Apply all migrations."""
     settings = settings_or_exit()
-    bootstrap.upgrade_database(settings.resolved_database_url)
+    if settings.resolved_database_url.startswith("sqlite"):
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        bootstrap.upgrade_database(settings.resolved_database_url)
+    except OperationalError as exc:
+        # The driver's message names the host and database, never a password of ours.
+        raise fail(f"database unreachable: {exc.orig}") from None
     typer.echo("database at head")
 
 
