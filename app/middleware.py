@@ -70,28 +70,35 @@ class BodyLimitMiddleware:
                     await self._refuse(scope, receive, send)
                     return
         received = 0
+        too_large = False
         response_started = False
 
         async def limited_receive() -> Message:
-            nonlocal received
+            nonlocal received, too_large
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_bytes:
+                    too_large = True
                     raise _TooLarge
             return message
 
         async def tracking_send(message: Message) -> None:
             nonlocal response_started
+            # The framework turns an error while reading the body into its own answer (FastAPI:
+            # 400); once the limit was hit, that answer is dropped and 413 is sent instead.
+            if too_large and not response_started:
+                return
             if message["type"] == "http.response.start":
                 response_started = True
             await send(message)
 
         try:
             await self.app(scope, limited_receive, tracking_send)
-        except _TooLarge:
-            if response_started:
+        except Exception:
+            if not too_large or response_started:
                 raise
+        if too_large and not response_started:
             await self._refuse(scope, receive, send)
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:

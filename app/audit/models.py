@@ -24,7 +24,8 @@ class AuditEntry(Base):
     decision: Mapped[str] = mapped_column(String(16))
     reasons: Mapped[list[str]] = mapped_column(JSON)
     policy_hash: Mapped[str | None] = mapped_column(String(64))
-    purpose: Mapped[str | None] = mapped_column(String(400))
+    # Up to 200 characters as sent; control characters become 6-character escapes.
+    purpose: Mapped[str | None] = mapped_column(String(1200))
     request_id: Mapped[str | None] = mapped_column(String(64))
 
     __table_args__ = (

@@ -13,6 +13,7 @@ from app.audit.models import AuditEntry
 from app.db import utcnow
 from app.middleware import request_id_var
 
+TARGET_MAX = 128
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
@@ -50,7 +51,9 @@ def _row(actor: Actor, entry: Entry) -> dict[str, object]:
         "actor": actor.member,
         "client": actor.client,
         "action": entry.action,
-        "target": entry.target,
+        # Targets embed caller-chosen text (a requested id, a path): encoded, and cut to the
+        # column so a long one cannot turn a refusal into a server error.
+        "target": encode_controls(entry.target)[:TARGET_MAX] if entry.target is not None else None,
         "decision": entry.decision,
         "reasons": [encode_controls(r) for r in entry.reasons],
         "policy_hash": entry.policy_hash,

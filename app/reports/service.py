@@ -300,6 +300,13 @@ def _replay(
     )
 
 
+def _is_report_id(value: str) -> bool:
+    try:
+        return str(uuid.UUID(value)) == value
+    except ValueError:
+        return False
+
+
 def readable_statement(member: str, policy_hash: str) -> Select[Report, ReportVersion, str]:
     """Every report version the member may read, with its level: the only way reads start.
 
@@ -402,9 +409,15 @@ def read(
     action: str = "report.read",
 ) -> ReportView:
     """The report at the caller's level, in one query; NotFound (audited) otherwise."""
-    row = session.execute(
-        readable_statement(principal.member, state.bundle.hash).where(Report.id == report_id)
-    ).first()
+    # Report ids are canonical UUIDs; anything else is absent without asking the database
+    # (PostgreSQL refuses a NUL in a string outright, which would be a 500, not a 404).
+    row = (
+        None
+        if not _is_report_id(report_id)
+        else session.execute(
+            readable_statement(principal.member, state.bundle.hash).where(Report.id == report_id)
+        ).first()
+    )
     if row is None:
         audit.record_refusal(
             session,

@@ -35,7 +35,7 @@ def upgrade() -> None:
         sa.Column("decision", sa.String(length=16), nullable=False),
         sa.Column("reasons", sa.JSON(), nullable=False),
         sa.Column("policy_hash", sa.String(length=64), nullable=True),
-        sa.Column("purpose", sa.String(length=400), nullable=True),
+        sa.Column("purpose", sa.String(length=1200), nullable=True),
         sa.Column("request_id", sa.String(length=64), nullable=True),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_audit_entries")),
     )
