@@ -9,7 +9,7 @@ from alembic.config import Config
 from sqlalchemy import Engine
 
 from app.config import PROJECT_ROOT, ConfigError, Settings
-from app.db import make_engine, make_sessionmaker, transaction
+from app.db import Database, make_engine, transaction
 from app.keys.provider import EnvKeyProvider, KeyProvider, KeyringError, LocalKeyring
 from app.keys.service import Envelope
 from app.kit.jwt import SigningKey, VerificationKey
@@ -70,8 +70,7 @@ def build_state(settings: Settings, *, engine: Engine | None = None) -> AppState
     engine = engine or make_engine(settings.resolved_database_url)
     return AppState(
         settings=settings,
-        engine=engine,
-        sessionmaker=make_sessionmaker(engine),
+        db=Database(engine),
         keys=provider,
         envelope=Envelope(provider),
         policy=policy,

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Any, TypeVar
 
-from fastapi import Depends, Request
+import anyio
+import anyio.to_thread
 from sqlalchemy import DateTime, Engine, MetaData, create_engine, event
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.pool import NullPool
 from sqlalchemy.types import TypeDecorator
+
+T = TypeVar("T")
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -56,16 +60,40 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     # WAL lets readers proceed during a write; foreign keys are off by default in SQLite.
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA foreign_keys=ON")
-    # NORMAL in WAL mode is durable across application crashes (not power loss mid-fsync of
-    # the WAL); FULL makes an acknowledged write survive power loss too.
-    cursor.execute("PRAGMA synchronous=FULL")
+    # In WAL mode NORMAL keeps every committed transaction across a crash or kill of the
+    # process (the WAL is in the OS's hands at commit); only an OS crash or power loss can lose
+    # the last commits. The embedded default accepts that; production runs on PostgreSQL.
+    cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA busy_timeout=10000")
     cursor.close()
 
 
-def _sqlite_begin_immediate(conn: Any) -> None:
-    # Take the write lock at BEGIN so two writers never deadlock upgrading read locks.
-    conn.exec_driver_sql("BEGIN IMMEDIATE")
+class _WriterTurn:
+    """One SQLite transaction at a time per process, handed over in order.
+
+    SQLite admits one writer; left to its busy handler, waiting writers poll with sleeps of up
+    to 100 ms, which under load turns milliseconds into seconds. Queueing on a lock hands the
+    database over as soon as it is free. The busy timeout still guards against other processes.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+
+    def begin(self, conn: Any) -> None:
+        self._lock.acquire()
+        conn.info["tearline_turn"] = True
+        try:
+            # Take the write lock at BEGIN so two writers never deadlock upgrading read locks.
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        except BaseException:
+            self.end(conn)
+            raise
+
+    def end(self, conn: Any) -> None:
+        # A plain Lock may be released by another thread: commit can run in a different
+        # worker thread than the statements did.
+        if conn.info.pop("tearline_turn", False):
+            self._lock.release()
 
 
 def make_engine(url: str) -> Engine:
@@ -77,8 +105,11 @@ def make_engine(url: str) -> Engine:
             pool_size=8,
             max_overflow=8,
         )
+        turn = _WriterTurn()
         event.listen(engine, "connect", _sqlite_pragmas)
-        event.listen(engine, "begin", _sqlite_begin_immediate)
+        event.listen(engine, "begin", turn.begin)
+        event.listen(engine, "commit", turn.end)
+        event.listen(engine, "rollback", turn.end)
         return engine
     if url.startswith("postgresql"):
         return create_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True)
@@ -119,12 +150,30 @@ def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
         session.close()
 
 
-def get_session(request: Request) -> Iterator[Session]:
-    """The request's session; the transaction commits before the response is sent."""
-    with transaction(request.app.state.tearline.sessionmaker) as session:
-        yield session
+def _unit(factory: sessionmaker[Session], work: Callable[[Session], T]) -> T:
+    with transaction(factory) as session:
+        return work(session)
 
 
-# scope="function": the commit happens before FastAPI sends the response, so a 2xx is never
-# sent for a write that later fails to commit.
-SessionDep = Annotated[Session, Depends(get_session, scope="function")]
+class Database:
+    """An engine, its sessions, and how many transactions may run at once in this process."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.sessionmaker = make_sessionmaker(engine)
+        # SQLite runs one writer at a time: more worker threads would only queue on its lock
+        # while holding the GIL hostage. PostgreSQL gets as many as the pool has connections.
+        self.concurrency = 1 if engine.dialect.name == "sqlite" else engine.pool.size()  # type: ignore[attr-defined]
+        self._limiter: anyio.CapacityLimiter | None = None
+
+    async def run(self, work: Callable[[Session], T]) -> T:
+        """Run `work` as one transaction on one worker thread; committed when this returns.
+
+        A request's database work runs in a single hop to a worker thread, so the transaction
+        (and on SQLite the write lock) is held only while that work runs, never across
+        event-loop turns. This is the one place requests commit.
+        """
+        if self._limiter is None:
+            # Made on first use, inside the event loop that will use it.
+            self._limiter = anyio.CapacityLimiter(self.concurrency)
+        return await anyio.to_thread.run_sync(_unit, self.sessionmaker, work, limiter=self._limiter)

@@ -7,7 +7,9 @@ from dataclasses import dataclass, field
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from app.auth.service import VerifiedTokens
 from app.config import Settings
+from app.db import Database
 from app.keys.provider import KeyProvider
 from app.keys.service import Envelope
 from app.kit.jwt import SigningKey, VerificationKey
@@ -17,13 +19,21 @@ from app.policy.service import PolicyState
 @dataclass
 class AppState:
     settings: Settings
-    engine: Engine
-    sessionmaker: sessionmaker[Session]
+    db: Database
     keys: KeyProvider
     envelope: Envelope
     policy: PolicyState
     signing_keys: list[SigningKey] = field(default_factory=list)
     verification_keys: dict[str, VerificationKey] = field(default_factory=dict)
+    verified_tokens: VerifiedTokens = field(default_factory=VerifiedTokens)
+
+    @property
+    def engine(self) -> Engine:
+        return self.db.engine
+
+    @property
+    def sessionmaker(self) -> sessionmaker[Session]:
+        return self.db.sessionmaker
 
     @property
     def issuer(self) -> str:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import cast
 
-from sqlalchemy import insert
+from sqlalchemy import Table
 from sqlalchemy.orm import Session
 
 from app.audit.models import AuditEntry
@@ -62,10 +63,13 @@ def _row(actor: Actor, entry: Entry) -> dict[str, object]:
     }
 
 
+_entries = cast(Table, AuditEntry.__table__)
+
+
 def record(session: Session, actor: Actor, *entries: Entry) -> None:
     """Append entries to the caller's transaction: they commit or vanish with the action."""
     if entries:
-        session.execute(insert(AuditEntry), [_row(actor, e) for e in entries])
+        session.connection().execute(_entries.insert(), [_row(actor, e) for e in entries])
 
 
 def record_refusal(session: Session, actor: Actor, entry: Entry) -> None:
@@ -73,8 +77,8 @@ def record_refusal(session: Session, actor: Actor, entry: Entry) -> None:
     row = _row(actor, entry)
 
     def add(s: Session) -> None:
-        s.execute(insert(AuditEntry), [row])
+        s.connection().execute(_entries.insert(), [row])
 
     session.info.setdefault("on_rollback", []).append(add)
     # Also in the current transaction, in case the caller answers without raising.
-    session.execute(insert(AuditEntry), [row])
+    add(session)

@@ -11,7 +11,6 @@ from pydantic import BaseModel
 from app.auth.deps import StateDep
 from app.auth.scopes import ALL_SCOPES
 from app.auth.service import TokenRequestError, issue_token
-from app.db import SessionDep
 from app.kit import jwt
 
 router = APIRouter(tags=["auth"])
@@ -82,9 +81,8 @@ def _oauth_error(exc: TokenRequestError) -> JSONResponse:
         413: {"description": "Content Too Large"},
     },
 )
-def token(
+async def token(
     response: Response,
-    session: SessionDep,
     state: StateDep,
     # Lengths are not limited here: an oversized assertion must get the same invalid_client
     # answer as any other bad one (the JWT wrapper caps it at 8 KiB before decoding).
@@ -95,19 +93,21 @@ def token(
 ) -> TokenResponse | JSONResponse:
     """Exchange a `private_key_jwt` client assertion (RFC 7523) for an access token."""
     try:
-        issued = issue_token(
-            session,
-            grant_type=grant_type,
-            assertion_type=client_assertion_type,
-            assertion=client_assertion,
-            requested_scope=scope,
-            issuer=state.issuer,
-            signing_key=state.signing_key,
-            ttl=state.settings.access_token_ttl,
+        issued = await state.db.run(
+            lambda session: issue_token(
+                session,
+                grant_type=grant_type,
+                assertion_type=client_assertion_type,
+                assertion=client_assertion,
+                requested_scope=scope,
+                issuer=state.issuer,
+                signing_key=state.signing_key,
+                ttl=state.settings.access_token_ttl,
+            ),
         )
     except TokenRequestError as exc:
-        # Not raised further: the refusal's audit entry is part of this transaction and must
-        # commit, while nothing else was written.
+        # The transaction rolled back, keeping only the refusal's audit entry; RFC 6749 wants
+        # its own error shape here rather than a problem document.
         return _oauth_error(exc)
     response.headers["Cache-Control"] = "no-store"
     return TokenResponse(

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
-from sqlalchemy import insert, select
+from sqlalchemy import bindparam, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -61,6 +63,38 @@ class IssuedToken:
     scope: str
 
 
+class VerifiedTokens:
+    """Claims of access tokens this process has already verified, kept until they expire.
+
+    Keyed by the exact token text, so only the very same signed bytes hit; the client and
+    member status is still checked on every request, so revocation stays immediate.
+    """
+
+    def __init__(self, max_entries: int = 10_000) -> None:
+        self._max = max_entries
+        self._claims: dict[str, dict[str, Any]] = {}
+
+    def get(self, token: str) -> dict[str, Any] | None:
+        """The cached claims of `token`, if it was verified and has not expired since."""
+        claims = self._claims.get(token)
+        if claims is None:
+            return None
+        if claims["exp"] <= time.time():
+            self._claims.pop(token, None)
+            return None
+        return claims
+
+    def put(self, token: str, claims: dict[str, Any]) -> None:
+        """Remember verified claims; forgets everything when full (cheap and bounded)."""
+        if len(self._claims) >= self._max:
+            self._claims.clear()
+        self._claims[token] = claims
+
+    def clear(self) -> None:
+        """Forget every cached token (e.g. after a service key was withdrawn)."""
+        self._claims.clear()
+
+
 def api_audience(issuer: str) -> str:
     """The audience of access tokens: the API, distinct from the token endpoint's issuer value."""
     return issuer.rstrip("/") + "/v1"
@@ -82,18 +116,26 @@ def _client_keys(session: Session, client_id: str) -> dict[str, VerificationKey]
     return keys
 
 
-def _active_client(session: Session, client_id: str) -> tuple[Client, Member] | None:
-    row = session.execute(
-        select(Client, Member)
-        .join(Member, Member.code == Client.member_code)
-        .where(Client.id == client_id)
-    ).first()
+@dataclass(frozen=True)
+class ActiveClient:
+    id: str
+    member: str
+    scopes: tuple[str, ...]
+
+
+# Built once; run on every authenticated request, so kept to one indexed Core query.
+_CLIENT_STATUS = (
+    select(Client.id, Client.member_code, Client.scopes)
+    .join(Member, Member.code == Client.member_code)
+    .where(Client.id == bindparam("client_id"), Client.status == "active", Member.active.is_(True))
+)
+
+
+def _active_client(session: Session, client_id: str) -> ActiveClient | None:
+    row = session.connection().execute(_CLIENT_STATUS, {"client_id": client_id}).first()
     if row is None:
         return None
-    client, member = row
-    if client.status != "active" or not member.active:
-        return None
-    return client, member
+    return ActiveClient(id=row.id, member=row.member_code, scopes=tuple(row.scopes))
 
 
 def issue_token(
@@ -129,7 +171,7 @@ def issue_token(
         found = _active_client(session, candidate)
         if found is None:
             raise TokenRequestError("invalid_client", "unknown_or_inactive_client", 401)
-        client, member = found
+        client = found
         keys = _client_keys(session, client.id)
         try:
             claims = jwt.verify(
@@ -146,14 +188,14 @@ def issue_token(
         except TokenError as exc:
             raise TokenRequestError("invalid_client", f"assertion:{exc.reason}", 401) from exc
         client_id = client.id
-        granted = _granted_scopes(client.scopes, requested_scope)
+        granted = _granted_scopes(list(client.scopes), requested_scope)
         _consume_jti(session, client.id, claims)
         now = int(datetime.now(UTC).timestamp())
         token_claims = {
             "iss": issuer,
             "sub": client.id,
             "client_id": client.id,
-            "member": member.code,
+            "member": client.member,
             "aud": api_audience(issuer),
             "scope": " ".join(granted),
             "jti": uuid.uuid4().hex,
@@ -170,7 +212,7 @@ def issue_token(
         raise
     audit.record(
         session,
-        audit.Actor(member=member.code, client=client.id),
+        audit.Actor(member=client.member, client=client.id),
         audit.Entry(
             action="auth.token",
             decision="allow",
@@ -211,28 +253,37 @@ def _consume_jti(session: Session, client_id: str, claims: dict[str, object]) ->
         raise TokenRequestError("invalid_client", "replayed_assertion", 401) from exc
 
 
-def authenticate(
-    session: Session,
-    *,
+def verify_bearer(
     authorization: str | None,
+    *,
     issuer: str,
     service_keys: dict[str, VerificationKey],
     ttl: int,
+    verified: VerifiedTokens | None = None,
 ) -> Principal:
-    """The principal of a bearer token; TokenError for any flaw, including a revoked client."""
+    """The principal a bearer token claims, its signature and claims checked; TokenError if not.
+
+    The claim is not yet enough: `confirm_active` must still find the client and its member
+    active (a database lookup), which the unit of work of every request does first.
+    """
     if not authorization:
         raise TokenError("missing")
     scheme, _, token = authorization.partition(" ")
     if scheme.lower() != "bearer" or not token:
         raise TokenError("malformed_header")
-    claims = jwt.verify(
-        token.strip(),
-        keys=service_keys,
-        typ=ACCESS_TOKEN_TYP,
-        issuer=issuer,
-        audience=api_audience(issuer),
-        max_lifetime=ttl,
-    )
+    token = token.strip()
+    claims = verified.get(token) if verified is not None else None
+    if claims is None:
+        claims = jwt.verify(
+            token,
+            keys=service_keys,
+            typ=ACCESS_TOKEN_TYP,
+            issuer=issuer,
+            audience=api_audience(issuer),
+            max_lifetime=ttl,
+        )
+        if verified is not None:
+            verified.put(token, claims)
     client_id, member_code, scope = claims.get("sub"), claims.get("member"), claims.get("scope")
     if (
         not isinstance(client_id, str)
@@ -240,14 +291,44 @@ def authenticate(
         or not isinstance(scope, str)
     ):
         raise TokenError("claims")
-    found = _active_client(session, client_id)
-    # Checked on every request, so a revoked client or suspended member is refused at once.
+    return Principal(
+        client_id=client_id,
+        member=member_code,
+        scopes=frozenset(scope.split()),
+        token_id=str(claims["jti"]),
+    )
+
+
+def confirm_active(session: Session, claimed: Principal) -> Principal:
+    """The claimed principal, if its client and member are active now; TokenError otherwise.
+
+    Checked on every request, so a revoked client or suspended member is refused at once; the
+    scopes are cut to what the client holds now.
+    """
+    found = _active_client(session, claimed.client_id)
     if found is None:
         raise TokenError("inactive_client")
-    client, member = found
-    if member.code != member_code:
+    if found.member != claimed.member:
         raise TokenError("member_mismatch")
-    scopes = frozenset(scope.split()) & frozenset(client.scopes)
     return Principal(
-        client_id=client.id, member=member.code, scopes=scopes, token_id=str(claims["jti"])
+        client_id=found.id,
+        member=found.member,
+        scopes=claimed.scopes & frozenset(found.scopes),
+        token_id=claimed.token_id,
     )
+
+
+def authenticate(
+    session: Session,
+    *,
+    authorization: str | None,
+    issuer: str,
+    service_keys: dict[str, VerificationKey],
+    ttl: int,
+    verified: VerifiedTokens | None = None,
+) -> Principal:
+    """The principal of a bearer token; TokenError for any flaw, including a revoked client."""
+    claimed = verify_bearer(
+        authorization, issuer=issuer, service_keys=service_keys, ttl=ttl, verified=verified
+    )
+    return confirm_active(session, claimed)

@@ -75,9 +75,7 @@ def members_list() -> None:
     for m in sorted(bundle.members.values(), key=lambda m: m.code):
         roles = ",".join(sorted(m.roles))
         status = "active" if m.active else "suspended"
-        typer.echo(
-            "\t".join((m.code, m.kind, roles, m.clearance.name, status, m.name))
-        )
+        typer.echo("\t".join((m.code, m.kind, roles, m.clearance.name, status, m.name)))
 
 
 @policy_app.command("check")

@@ -5,8 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 from pydantic import BaseModel
 
-from app.auth.deps import AnyPrincipal, StateDep
-from app.db import SessionDep
+from app.auth.deps import AnyCaller
 from app.errors import responses
 from app.members import service
 
@@ -28,8 +27,10 @@ class MemberSelf(MemberOut):
 
 
 @router.get("", response_model=list[MemberOut], responses=responses(401, 429))
-def list_members(state: StateDep, _: AnyPrincipal) -> list[MemberOut]:
+async def list_members(caller: AnyCaller) -> list[MemberOut]:
     """Every member of the coalition."""
+    await caller.run(lambda _session, _principal: None)
+    state = caller.state
     return [
         MemberOut(code=m.code, name=m.name, kind=m.kind, roles=sorted(m.roles), active=m.active)
         for m in sorted(state.policy.bundle.members.values(), key=lambda m: m.code)
@@ -37,9 +38,12 @@ def list_members(state: StateDep, _: AnyPrincipal) -> list[MemberOut]:
 
 
 @router.get("/me", response_model=MemberSelf, responses=responses(401, 429))
-def me(session: SessionDep, state: StateDep, principal: AnyPrincipal) -> MemberSelf:
+async def me(caller: AnyCaller) -> MemberSelf:
     """The caller's own member record, with its clearance, mandate and clients."""
-    m = state.policy.bundle.members[principal.member]
+    principal, clients = await caller.run(
+        lambda session, principal: (principal, service.clients_of(session, principal.member))
+    )
+    m = caller.state.policy.bundle.members[principal.member]
     return MemberSelf(
         code=m.code,
         name=m.name,
@@ -48,5 +52,5 @@ def me(session: SessionDep, state: StateDep, principal: AnyPrincipal) -> MemberS
         active=m.active,
         clearance=m.clearance.name,
         mandate=sorted(m.mandate),
-        clients=service.clients_of(session, m.code),
+        clients=clients,
     )

@@ -6,10 +6,10 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Response, status
 from pydantic import AwareDatetime
+from sqlalchemy.orm import Session
 
-from app.auth.deps import ReportsRead, ReportsWrite, StateDep
+from app.auth.deps import ReportsRead, ReportsWrite
 from app.auth.service import Principal
-from app.db import SessionDep
 from app.errors import responses
 from app.reports import service
 from app.reports.schemas import (
@@ -74,22 +74,26 @@ def to_out(view: service.ReportView, principal: Principal) -> ReportOut:
     response_model_exclude_unset=True,
     responses=responses(401, 403, 409, 413, 422, 429),
 )
-def create_report(
+async def create_report(
     payload: ReportIn,
     response: Response,
-    session: SessionDep,
-    state: StateDep,
-    principal: ReportsWrite,
+    caller: ReportsWrite,
     idempotency_key: IdempotencyKeyHeader = None,
 ) -> ReportOut:
     """Submit a report. Its content is encrypted; who may read it is decided now and stored."""
-    view, replayed = service.create(
-        session, state.policy, state.envelope, principal, payload, idempotency_key
-    )
-    response.headers["Location"] = f"/v1/reports/{view.report.id}"
+    state = caller.state
+
+    def work(session: Session, principal: Principal) -> tuple[ReportOut, bool]:
+        view, replayed = service.create(
+            session, state.policy, state.envelope, principal, payload, idempotency_key
+        )
+        return to_out(view, principal), replayed
+
+    out, replayed = await caller.run(work)
+    response.headers["Location"] = f"/v1/reports/{out.id}"
     if replayed:
         response.headers["Idempotent-Replayed"] = "true"
-    return to_out(view, principal)
+    return out
 
 
 @router.post(
@@ -97,11 +101,12 @@ def create_report(
     response_model=ReportPreview,
     responses=responses(401, 403, 413, 422, 429),
 )
-def preview_report(
-    payload: ReportIn, session: SessionDep, state: StateDep, principal: ReportsWrite
-) -> ReportPreview:
+async def preview_report(payload: ReportIn, caller: ReportsWrite) -> ReportPreview:
     """Validate a report and show who would be able to read it, without storing it."""
-    audience = service.preview(session, state.policy, principal, payload)
+    state = caller.state
+    audience = await caller.run(
+        lambda session, principal: service.preview(session, state.policy, principal, payload)
+    )
     return ReportPreview(
         audience=Audience(full=list(audience.full), tearline=list(audience.tearline))
     )
@@ -113,10 +118,8 @@ def preview_report(
     response_model_exclude_unset=True,
     responses=responses(401, 403, 422, 429),
 )
-def list_reports(
-    session: SessionDep,
-    state: StateDep,
-    principal: ReportsRead,
+async def list_reports(
+    caller: ReportsRead,
     topic: Annotated[str | None, Query(max_length=16)] = None,
     originator: Annotated[str | None, Query(max_length=16)] = None,
     classification: Classification | None = None,
@@ -135,10 +138,15 @@ def list_reports(
         status=report_status,
         updated_since=updated_since,
     )
-    views, next_cursor = service.list_readable(
-        session, state.policy, state.envelope, principal, filters, limit, cursor
-    )
-    return ReportPage(items=[to_out(v, principal) for v in views], next_cursor=next_cursor)
+    state = caller.state
+
+    def work(session: Session, principal: Principal) -> ReportPage:
+        views, next_cursor = service.list_readable(
+            session, state.policy, state.envelope, principal, filters, limit, cursor
+        )
+        return ReportPage(items=[to_out(v, principal) for v in views], next_cursor=next_cursor)
+
+    return await caller.run(work)
 
 
 @router.get(
@@ -147,15 +155,16 @@ def list_reports(
     response_model_exclude_unset=True,
     responses=responses(401, 403, 404, 422, 429),
 )
-def get_report(
-    report_id: str,
-    session: SessionDep,
-    state: StateDep,
-    principal: ReportsRead,
-    purpose: PurposeHeader = None,
+async def get_report(
+    report_id: str, caller: ReportsRead, purpose: PurposeHeader = None
 ) -> ReportOut:
     """The report at the caller's level; 404 when it does not exist or is not for the caller."""
-    view = service.read(
-        session, state.policy, state.envelope, principal, report_id, purpose=purpose
-    )
-    return to_out(view, principal)
+    state = caller.state
+
+    def work(session: Session, principal: Principal) -> ReportOut:
+        view = service.read(
+            session, state.policy, state.envelope, principal, report_id, purpose=purpose
+        )
+        return to_out(view, principal)
+
+    return await caller.run(work)

@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import hashlib
 import json
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol, cast
 
-from sqlalchemy import Select, and_, delete, insert, or_, select
+from sqlalchemy import BindParameter, Row, Select, Table, and_, bindparam, delete, or_, select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session, defer
+from sqlalchemy.orm import Session
 
 from app.audit import service as audit
 from app.auth.service import Principal
@@ -35,15 +36,53 @@ from app.policy.service import (
 from app.reports.models import IdempotencyKey, Report, ReportAccess, ReportTopic, ReportVersion
 from app.reports.schemas import ReportIn
 
-CLASSIFICATION_ORDER = ("UNCLASSIFIED", "RESTRICTED", "CONFIDENTIAL", "SECRET")
 CONTENT_FIELDS = ("title", "body", "summary", "entities")
+
+# The hot paths (read, list, create) use Core statements on the tables: the ORM's unit of work
+# and identity map cost more than the whole query on these single-row, read-once paths.
+_reports = cast(Table, Report.__table__)
+_versions = cast(Table, ReportVersion.__table__)
+_access = cast(Table, ReportAccess.__table__)
+_topics = cast(Table, ReportTopic.__table__)
+_idempotency = cast(Table, IdempotencyKey.__table__)
+
+
+@dataclass(frozen=True, slots=True)
+class StoredReport:
+    """A report's metadata and markings as stored (never its content)."""
+
+    id: str
+    originator: str
+    version: int
+    status: str
+    created_at: datetime
+    updated_at: datetime
+    classification: str
+    tlp: str
+    orcon: bool
+    topics: list[str]
+    grading: dict[str, Any] | None
+    releasable_to: list[str]
+    tearline_to: list[str]
+    tearline_classification: str
+    has_summary: bool
+
+    @classmethod
+    def from_row(cls, row: Row[Any]) -> StoredReport:
+        """The report columns of a row selected with REPORT_COLUMNS."""
+        m = row._mapping
+        return cls(**{name: m[name] for name in _REPORT_FIELDS})
+
+
+_REPORT_FIELDS = tuple(StoredReport.__dataclass_fields__)
+REPORT_COLUMNS = tuple(_reports.c[name] for name in _REPORT_FIELDS)
 
 
 @dataclass(frozen=True)
 class ReportView:
     """A report as one caller may see it: content only where its level allows."""
 
-    report: Report
+    report: StoredReport
     level: str
     title: str | None = None
     body: str | None = None
@@ -90,9 +129,9 @@ def _validate_codes(state: PolicyState, payload: ReportIn) -> None:
         raise Unprocessable("The report refers to unknown codes.", errors)
 
 
-def _new_report(report_id: str, originator: str, payload: ReportIn) -> Report:
+def _new_report(report_id: str, originator: str, payload: ReportIn) -> StoredReport:
     now = utcnow()
-    return Report(
+    return StoredReport(
         id=report_id,
         originator=originator,
         version=1,
@@ -166,33 +205,30 @@ def create(
     decisions = state.decide(_facts_of(report))
     data_key = envelope.new_data_key(session, report_id, 1, originator)
     entities = [e.model_dump(exclude_none=True) for e in payload.entities]
-    session.add(report)
-    session.add(
-        ReportVersion(
-            report_id=report_id,
-            version=1,
-            created_at=now,
-            key_member=data_key.member,
-            key_version=data_key.member_key_version,
-            wrapped_data_key=data_key.wrapped,
-            title_ct=_encrypt(data_key.key, report_id, 1, originator, "title", payload.title),
-            body_ct=_encrypt(data_key.key, report_id, 1, originator, "body", payload.body),
-            summary_ct=_encrypt(data_key.key, report_id, 1, originator, "summary", payload.summary),
-            entities_ct=_encrypt(
-                data_key.key,
-                report_id,
-                1,
-                originator,
-                "entities",
-                json.dumps(entities, ensure_ascii=False),
-            ),
-        )
+
+    def seal(field: str, value: str | None) -> bytes | None:
+        return _encrypt(data_key.key, report_id, 1, originator, field, value)
+
+    conn = session.connection()
+    conn.execute(_reports.insert(), [dataclasses.asdict(report)])
+    conn.execute(
+        _versions.insert(),
+        [
+            {
+                "report_id": report_id,
+                "version": 1,
+                "created_at": now,
+                "key_member": data_key.member,
+                "key_version": data_key.member_key_version,
+                "wrapped_data_key": data_key.wrapped,
+                "title_ct": seal("title", payload.title),
+                "body_ct": seal("body", payload.body),
+                "summary_ct": seal("summary", payload.summary),
+                "entities_ct": seal("entities", json.dumps(entities, ensure_ascii=False)),
+            }
+        ],
     )
-    # Flushed here so the child rows below can reference the report in one round trip each.
-    session.flush()
-    session.execute(
-        insert(ReportTopic), [{"report_id": report_id, "topic": t} for t in payload.topics]
-    )
+    conn.execute(_topics.insert(), [{"report_id": report_id, "topic": t} for t in payload.topics])
     _store_decisions(session, report_id, decisions, now)
     if idempotency_key is not None:
         _remember_key(session, principal, idempotency_key, digest, report_id)
@@ -238,7 +274,7 @@ def _store_decisions(
         if d.level.value != "none"
     ]
     if rows:
-        session.execute(insert(ReportAccess), rows)
+        session.connection().execute(_access.insert(), rows)
 
 
 def _remember_key(
@@ -248,8 +284,8 @@ def _remember_key(
         # A concurrent request with the same key either commits first (this insert then
         # conflicts) or waits for us; either way exactly one report survives.
         with session.begin_nested():
-            session.execute(
-                insert(IdempotencyKey),
+            session.connection().execute(
+                _idempotency.insert(),
                 [
                     {
                         "client_id": principal.client_id,
@@ -307,77 +343,93 @@ def _is_report_id(value: str) -> bool:
         return False
 
 
-def readable_statement(member: str, policy_hash: str) -> Select[Report, ReportVersion, str]:
+_CIPHER_COLUMNS = (
+    _versions.c.key_version,
+    _versions.c.wrapped_data_key,
+    _versions.c.title_ct,
+    _versions.c.summary_ct,
+)
+
+
+def _readable(*, with_body: bool) -> Select[Any]:
+    columns = (*REPORT_COLUMNS, *_CIPHER_COLUMNS, _access.c.level)
+    if with_body:
+        columns = (*columns, _versions.c.body_ct, _versions.c.entities_ct)
+    member: BindParameter[str] = bindparam("member")
+    return (
+        select(*columns)
+        .select_from(_reports)
+        .join(
+            _access,
+            and_(
+                _access.c.report_id == _reports.c.id,
+                _access.c.member_code == member,
+                _access.c.level.in_(READABLE_LEVELS),
+                _access.c.policy_hash == bindparam("policy_hash"),
+            ),
+        )
+        .join(
+            _versions,
+            and_(_versions.c.report_id == _reports.c.id, _versions.c.version == _reports.c.version),
+        )
+        # Stored decisions already hide withdrawn reports; this is the second lock on that door.
+        .where(or_(_reports.c.status == "active", _reports.c.originator == member))
+    )
+
+
+# Built once: every read and list reuses the compiled form.
+_READABLE_FOR_LIST = _readable(with_body=False)
+_READ_ONE = _readable(with_body=True).where(_reports.c.id == bindparam("report_id"))
+_AUDIENCE = select(_access.c.member_code, _access.c.level).where(
+    _access.c.report_id == bindparam("report_id"),
+    _access.c.level.in_(READABLE_LEVELS),
+)
+
+
+def readable_statement(member: str, policy_hash: str) -> Select[Any]:
     """Every report version the member may read, with its level: the only way reads start.
 
     Only decisions made under the bundle in force count: a decision left over from an earlier
     bundle is treated as no decision (fail closed) until it has been made again.
     """
-    return (
-        select(Report, ReportVersion, ReportAccess.level)
-        .join(
-            ReportAccess,
-            and_(
-                ReportAccess.report_id == Report.id,
-                ReportAccess.member_code == member,
-                ReportAccess.level.in_(READABLE_LEVELS),
-                ReportAccess.policy_hash == policy_hash,
-            ),
-        )
-        .join(
-            ReportVersion,
-            and_(ReportVersion.report_id == Report.id, ReportVersion.version == Report.version),
-        )
-        # Stored decisions already hide withdrawn reports; this is the second lock on that door.
-        .where(or_(Report.status == "active", Report.originator == member))
-    )
+    return _READABLE_FOR_LIST.params(member=member, policy_hash=policy_hash)
 
 
 def _decrypt(
-    envelope: Envelope,
-    session: Session,
-    report: Report,
-    version: ReportVersion,
-    fields: tuple[str, ...],
+    envelope: Envelope, session: Session, row: Row[Any], fields: tuple[str, ...]
 ) -> dict[str, str | None]:
+    m = row._mapping
     key = envelope.open_data_key(
         session,
-        report_id=report.id,
-        version=version.version,
-        originator=report.originator,
-        member_key_version=version.key_version,
-        wrapped=version.wrapped_data_key,
+        report_id=m["id"],
+        version=m["version"],
+        originator=m["originator"],
+        member_key_version=m["key_version"],
+        wrapped=m["wrapped_data_key"],
     )
     out: dict[str, str | None] = {}
     for name in fields:
-        blob: bytes | None = getattr(version, f"{name}_ct")
+        blob: bytes | None = m[f"{name}_ct"]
         if blob is None:
             out[name] = None
             continue
-        aad = field_aad(report.id, version.version, report.originator, name)
+        aad = field_aad(m["id"], m["version"], m["originator"], name)
         out[name] = crypto.aead_decrypt(key, blob, aad).decode()
     return out
 
 
-def _view(
-    envelope: Envelope,
-    session: Session,
-    report: Report,
-    version: ReportVersion,
-    level: str,
-    *,
-    with_body: bool,
-) -> ReportView:
+def _view(envelope: Envelope, session: Session, row: Row[Any], *, with_body: bool) -> ReportView:
+    level: str = row._mapping["level"]
     fields: tuple[str, ...]
     if level == "full":
         fields = CONTENT_FIELDS if with_body else ("title", "summary")
     else:
         fields = ("summary",)
-    plain = _decrypt(envelope, session, report, version, fields)
+    plain = _decrypt(envelope, session, row, fields)
     entities_json = plain.get("entities")
     entities = json.loads(entities_json) if entities_json is not None else None
     return ReportView(
-        report=report,
+        report=StoredReport.from_row(row),
         level=level,
         title=plain.get("title"),
         body=plain.get("body"),
@@ -387,11 +439,7 @@ def _view(
 
 
 def _stored_audience(session: Session, report_id: str) -> Audience:
-    rows = session.execute(
-        select(ReportAccess.member_code, ReportAccess.level).where(
-            ReportAccess.report_id == report_id
-        )
-    ).all()
+    rows = session.connection().execute(_AUDIENCE, {"report_id": report_id}).all()
     return Audience(
         full=tuple(sorted(m for m, lvl in rows if lvl == "full")),
         tearline=tuple(sorted(m for m, lvl in rows if lvl == "tearline")),
@@ -411,12 +459,11 @@ def read(
     """The report at the caller's level, in one query; NotFound (audited) otherwise."""
     # Report ids are canonical UUIDs; anything else is absent without asking the database
     # (PostgreSQL refuses a NUL in a string outright, which would be a 500, not a 404).
+    params = {"member": principal.member, "policy_hash": state.bundle.hash, "report_id": report_id}
     row = (
-        None
-        if not _is_report_id(report_id)
-        else session.execute(
-            readable_statement(principal.member, state.bundle.hash).where(Report.id == report_id)
-        ).first()
+        session.connection().execute(_READ_ONE, params).first()
+        if _is_report_id(report_id)
+        else None
     )
     if row is None:
         audit.record_refusal(
@@ -432,9 +479,9 @@ def read(
             ),
         )
         raise NotFound
-    report, version, level = row
+    level = row._mapping["level"]
     try:
-        view = _view(envelope, session, report, version, level, with_body=True)
+        view = _view(envelope, session, row, with_body=True)
     except CorruptionError:
         # The attempt is traced even though nothing is served.
         audit.record_refusal(
@@ -443,15 +490,16 @@ def read(
             audit.Entry(
                 action=action,
                 decision="error",
-                target=f"report:{report.id}",
+                target=f"report:{report_id}",
                 reasons=(f"level:{level}", "corrupted"),
                 policy_hash=state.bundle.hash,
                 purpose=purpose,
             ),
         )
         raise
+    report = view.report
     if report.originator == principal.member:
-        view = ReportView(**{**view.__dict__, "audience": _stored_audience(session, report.id)})
+        view = dataclasses.replace(view, audience=_stored_audience(session, report.id))
     audit.record(
         session,
         principal.actor,
@@ -467,7 +515,15 @@ def read(
     return view
 
 
-def encode_cursor(report: Report) -> str:
+class _Positioned(Protocol):
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def updated_at(self) -> datetime: ...
+
+
+def encode_cursor(report: _Positioned) -> str:
     """An opaque position after `report` in a newest-first listing."""
     raw = json.dumps([report.updated_at.isoformat(), report.id]).encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
@@ -510,36 +566,32 @@ def list_readable(
             "Unknown member.",
             [{"loc": ["query", "originator"], "msg": "unknown member", "type": "unknown_member"}],
         )
-    stmt = readable_statement(principal.member, bundle.hash).options(
-        defer(ReportVersion.body_ct), defer(ReportVersion.entities_ct)
-    )
+    stmt = _READABLE_FOR_LIST
     if filters.topic is not None:
         stmt = stmt.where(
-            Report.id.in_(select(ReportTopic.report_id).where(ReportTopic.topic == filters.topic))
+            _reports.c.id.in_(select(_topics.c.report_id).where(_topics.c.topic == filters.topic))
         )
     if filters.originator is not None:
-        stmt = stmt.where(Report.originator == filters.originator)
+        stmt = stmt.where(_reports.c.originator == filters.originator)
     if filters.classification is not None:
-        stmt = stmt.where(Report.classification == filters.classification)
+        stmt = stmt.where(_reports.c.classification == filters.classification)
     if filters.status is not None:
-        stmt = stmt.where(Report.status == filters.status)
+        stmt = stmt.where(_reports.c.status == filters.status)
     if filters.updated_since is not None:
-        stmt = stmt.where(ReportAccess.report_updated_at >= filters.updated_since)
+        stmt = stmt.where(_access.c.report_updated_at >= filters.updated_since)
     if cursor is not None:
         after_time, after_id = decode_cursor(cursor)
         stmt = stmt.where(
             or_(
-                ReportAccess.report_updated_at < after_time,
-                and_(
-                    ReportAccess.report_updated_at == after_time, ReportAccess.report_id < after_id
-                ),
+                _access.c.report_updated_at < after_time,
+                and_(_access.c.report_updated_at == after_time, _access.c.report_id < after_id),
             )
         )
-    stmt = stmt.order_by(ReportAccess.report_updated_at.desc(), ReportAccess.report_id.desc())
-    rows = session.execute(stmt.limit(limit + 1)).all()
-    page = rows[:limit]
-    views = [_view(envelope, session, r, v, lvl, with_body=False) for r, v, lvl in page]
-    next_cursor = encode_cursor(page[-1][0]) if len(rows) > limit else None
+    stmt = stmt.order_by(_access.c.report_updated_at.desc(), _access.c.report_id.desc())
+    params = {"member": principal.member, "policy_hash": bundle.hash}
+    rows = session.connection().execute(stmt.limit(limit + 1), params).all()
+    views = [_view(envelope, session, row, with_body=False) for row in rows[:limit]]
+    next_cursor = encode_cursor(views[-1].report) if len(rows) > limit else None
     entries = [
         audit.Entry(
             action="report.list",
@@ -564,7 +616,7 @@ def list_readable(
     return views, next_cursor
 
 
-def _facts_of(report: Report) -> ReportFacts:
+def _facts_of(report: StoredReport) -> ReportFacts:
     return ReportFacts(
         id=report.id,
         originator=report.originator,
@@ -588,18 +640,20 @@ def redecide_stale(session: Session, state: PolicyState, batch: int = 500) -> in
     """
     bundle = state.bundle
     stale = (
-        select(ReportAccess.report_id)
-        .where(ReportAccess.policy_hash != bundle.hash)
+        select(_access.c.report_id)
+        .where(_access.c.policy_hash != bundle.hash)
         .distinct()
         .limit(batch)
     )
     done = 0
     while True:
-        ids = list(session.scalars(stale))
+        ids = list(session.connection().scalars(stale))
         if not ids:
             return done
-        for report in session.scalars(select(Report).where(Report.id.in_(ids))):
+        conn = session.connection()
+        for row in conn.execute(select(*REPORT_COLUMNS).where(_reports.c.id.in_(ids))):
+            report = StoredReport.from_row(row)
             decisions = state.decide(_facts_of(report))
-            session.execute(delete(ReportAccess).where(ReportAccess.report_id == report.id))
+            conn.execute(delete(_access).where(_access.c.report_id == report.id))
             _store_decisions(session, report.id, decisions, report.updated_at)
         done += len(ids)
