@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass
 
 from sqlalchemy import func, select
@@ -12,6 +13,8 @@ from app.keys.models import MemberKey
 from app.keys.provider import KeyProvider
 from app.kit import crypto
 from app.kit.crypto import CorruptionError, SecretBytes
+
+CURRENT_VERSION_TTL = 10.0
 
 
 class KeyDestroyed(CorruptionError):
@@ -48,6 +51,7 @@ class Envelope:
     def __init__(self, provider: KeyProvider) -> None:
         self.provider = provider
         self._member_keys: dict[tuple[str, int], SecretBytes] = {}
+        self._current: dict[str, tuple[int, float]] = {}
         self._lock = threading.Lock()
 
     def ensure_member_key(self, session: Session, member: str) -> int:
@@ -72,6 +76,13 @@ class Envelope:
     def _member_key(
         self, session: Session, member: str, version: int | None
     ) -> tuple[int, SecretBytes]:
+        if version is None:
+            # Which version is current is looked up at most every few seconds per process: a
+            # rotation made elsewhere reaches new writes within that time (the older version
+            # stays valid for reading until it is retired).
+            current = self._current.get(member)
+            if current is not None and current[1] > time.monotonic():
+                version = current[0]
         if version is not None:
             cached = self._member_keys.get((member, version))
             if cached is not None:
@@ -92,6 +103,8 @@ class Envelope:
         )
         with self._lock:
             self._member_keys[(member, row.version)] = kek
+            if version is None:
+                self._current[member] = (row.version, time.monotonic() + CURRENT_VERSION_TTL)
         return row.version, kek
 
     def new_data_key(
@@ -123,3 +136,4 @@ class Envelope:
         """Drop cached member keys (after rotation or destruction)."""
         with self._lock:
             self._member_keys.clear()
+            self._current.clear()

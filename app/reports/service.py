@@ -12,7 +12,19 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol, cast
 
-from sqlalchemy import BindParameter, Row, Select, Table, and_, bindparam, delete, or_, select
+from sqlalchemy import (
+    BindParameter,
+    ColumnElement,
+    Row,
+    Select,
+    Table,
+    and_,
+    bindparam,
+    delete,
+    literal,
+    or_,
+    select,
+)
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -280,26 +292,27 @@ def _store_decisions(
 def _remember_key(
     session: Session, principal: Principal, key: str, digest: str, report_id: str
 ) -> None:
+    row = {
+        "client_id": principal.client_id,
+        "key": key,
+        "request_hash": digest,
+        "report_id": report_id,
+        "created_at": utcnow(),
+    }
     try:
         # A concurrent request with the same key either commits first (this insert then
-        # conflicts) or waits for us; either way exactly one report survives.
-        with session.begin_nested():
-            session.connection().execute(
-                _idempotency.insert(),
-                [
-                    {
-                        "client_id": principal.client_id,
-                        "key": key,
-                        "request_hash": digest,
-                        "report_id": report_id,
-                        "created_at": utcnow(),
-                    }
-                ],
-            )
+        # conflicts) or waits for us; either way exactly one report survives. The conflict
+        # rolls the whole request back, so no savepoint is needed.
+        session.connection().execute(_idempotency.insert(), row)
     except IntegrityError as exc:
         raise Conflict(
             "A request with this Idempotency-Key completed concurrently; retry for its result."
         ) from exc
+
+
+_STORED_KEY = select(_idempotency.c.request_hash, _idempotency.c.report_id).where(
+    _idempotency.c.client_id == bindparam("client_id"), _idempotency.c.key == bindparam("key")
+)
 
 
 def _replay(
@@ -310,7 +323,11 @@ def _replay(
     key: str,
     digest: str,
 ) -> ReportView | None:
-    stored = session.get(IdempotencyKey, (principal.client_id, key))
+    stored = (
+        session.connection()
+        .execute(_STORED_KEY, {"client_id": principal.client_id, "key": key})
+        .first()
+    )
     if stored is None:
         return None
     if stored.request_hash != digest:
@@ -351,6 +368,12 @@ _CIPHER_COLUMNS = (
 )
 
 
+def _readable_level() -> ColumnElement[bool]:
+    # Spelled out rather than IN (...): an expanding IN is rendered again on every execution,
+    # plain comparisons let the compiled statement be reused as is.
+    return or_(*(_access.c.level == literal(level) for level in READABLE_LEVELS))
+
+
 def _readable(*, with_body: bool) -> Select[Any]:
     columns = (*REPORT_COLUMNS, *_CIPHER_COLUMNS, _access.c.level)
     if with_body:
@@ -364,7 +387,7 @@ def _readable(*, with_body: bool) -> Select[Any]:
             and_(
                 _access.c.report_id == _reports.c.id,
                 _access.c.member_code == member,
-                _access.c.level.in_(READABLE_LEVELS),
+                _readable_level(),
                 _access.c.policy_hash == bindparam("policy_hash"),
             ),
         )
@@ -382,7 +405,7 @@ _READABLE_FOR_LIST = _readable(with_body=False)
 _READ_ONE = _readable(with_body=True).where(_reports.c.id == bindparam("report_id"))
 _AUDIENCE = select(_access.c.member_code, _access.c.level).where(
     _access.c.report_id == bindparam("report_id"),
-    _access.c.level.in_(READABLE_LEVELS),
+    _readable_level(),
 )
 
 

@@ -184,7 +184,7 @@ class TestReadableStatement:
 
         assert "report_access.member_code = 'DEU'" in sql
         assert f"report_access.policy_hash = '{bundle_hash}'" in sql
-        assert "report_access.level IN ('full', 'tearline')" in sql
+        assert "report_access.level = 'full' OR report_access.level = 'tearline'" in sql
         assert touches(sql, "reports")
         assert touches(sql, "report_versions")
 
