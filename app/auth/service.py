@@ -316,19 +316,3 @@ def confirm_active(session: Session, claimed: Principal) -> Principal:
         scopes=claimed.scopes & frozenset(found.scopes),
         token_id=claimed.token_id,
     )
-
-
-def authenticate(
-    session: Session,
-    *,
-    authorization: str | None,
-    issuer: str,
-    service_keys: dict[str, VerificationKey],
-    ttl: int,
-    verified: VerifiedTokens | None = None,
-) -> Principal:
-    """The principal of a bearer token; TokenError for any flaw, including a revoked client."""
-    claimed = verify_bearer(
-        authorization, issuer=issuer, service_keys=service_keys, ttl=ttl, verified=verified
-    )
-    return confirm_active(session, claimed)
