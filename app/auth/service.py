@@ -5,10 +5,10 @@ from __future__ import annotations
 import time
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import bindparam, insert, select
+from sqlalchemy import bindparam, delete, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -251,6 +251,14 @@ def _consume_jti(session: Session, client_id: str, claims: dict[str, object]) ->
             )
     except IntegrityError as exc:
         raise TokenRequestError("invalid_client", "replayed_assertion", 401) from exc
+    # A jti only needs remembering while its assertion could still verify (exp plus leeway);
+    # past that, verify() refuses the assertion anyway, so the row can go.
+    cutoff = datetime.now(UTC) - timedelta(seconds=2 * jwt.MAX_LEEWAY)
+    session.execute(
+        delete(UsedAssertion).where(
+            UsedAssertion.client_id == client_id, UsedAssertion.expires_at < cutoff
+        )
+    )
 
 
 def verify_bearer(

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime, timedelta
 
 import pytest
+from sqlalchemy import select, update
 
+from app.auth.models import UsedAssertion
 from app.auth.service import Principal, VerifiedTokens, confirm_active, verify_bearer
 from app.db import transaction
 from app.kit.jwt import TokenError
@@ -70,3 +73,24 @@ class TestConfirmActive:
             revoke_client(session, "EU.test")
         with transaction(fresh_world.state.sessionmaker) as session, pytest.raises(TokenError):
             confirm_active(session, claimed)
+
+
+class TestUsedAssertions:
+    def test_expired_jtis_are_forgotten_when_the_client_next_gets_a_token(
+        self, fresh_world: World
+    ) -> None:
+        world = fresh_world
+        assert world.request_token("CAN").status_code == 200
+        with transaction(world.state.sessionmaker) as session:
+            session.execute(
+                update(UsedAssertion)
+                .where(UsedAssertion.client_id == "CAN.test")
+                .values(expires_at=datetime.now(UTC) - timedelta(hours=1))
+            )
+        assert world.request_token("CAN").status_code == 200
+        with transaction(world.state.sessionmaker) as session:
+            left = session.scalars(
+                select(UsedAssertion.expires_at).where(UsedAssertion.client_id == "CAN.test")
+            ).all()
+        assert len(left) == 1
+        assert left[0] > datetime.now(UTC)
