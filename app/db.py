@@ -12,11 +12,13 @@ import anyio
 import anyio.to_thread
 from sqlalchemy import DateTime, Engine, MetaData, create_engine, event
 from sqlalchemy.engine import Dialect
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.pool import NullPool
 from sqlalchemy.types import TypeDecorator
 
 T = TypeVar("T")
+BUSY_TIMEOUT_SECONDS = 10
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -64,15 +66,15 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     # process (the WAL is in the OS's hands at commit); only an OS crash or power loss can lose
     # the last commits. The embedded default accepts that; production runs on PostgreSQL.
     cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.execute("PRAGMA busy_timeout=10000")
+    cursor.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_SECONDS * 1000}")
     cursor.close()
 
 
 class _WriterTurn:
-    """One SQLite transaction at a time per process, handed over in order.
+    """One SQLite transaction at a time per engine, handed over without polling.
 
     SQLite admits one writer; left to its busy handler, waiting writers poll with sleeps of up
-    to 100 ms, which under load turns milliseconds into seconds. Queueing on a lock hands the
+    to 100 ms, which under load turns milliseconds into seconds. Waiting on a lock hands the
     database over as soon as it is free. The busy timeout still guards against other processes.
     """
 
@@ -80,7 +82,10 @@ class _WriterTurn:
         self._lock = threading.Lock()
 
     def begin(self, conn: Any) -> None:
-        self._lock.acquire()
+        # Bounded like SQLite's own busy timeout, so a thread that (wrongly) opened a second
+        # transaction on the same engine gets an error instead of waiting on itself forever.
+        if not self._lock.acquire(timeout=BUSY_TIMEOUT_SECONDS):
+            raise OperationalError("BEGIN IMMEDIATE", None, TimeoutError("database is busy"))
         conn.info["tearline_turn"] = True
         try:
             # Take the write lock at BEGIN so two writers never deadlock upgrading read locks.
@@ -90,8 +95,8 @@ class _WriterTurn:
             raise
 
     def end(self, conn: Any) -> None:
-        # A plain Lock may be released by another thread: commit can run in a different
-        # worker thread than the statements did.
+        # SQLAlchemy fires commit/rollback events just before the driver call; a writer taking
+        # the lock in that instant meets SQLite's busy handler once, briefly, never a deadlock.
         if conn.info.pop("tearline_turn", False):
             self._lock.release()
 

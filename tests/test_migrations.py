@@ -7,7 +7,7 @@ from pathlib import Path
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import inspect, text
+from sqlalchemy import inspect
 
 from app import bootstrap
 from app.db import make_engine
@@ -39,10 +39,3 @@ class TestMigrations:
             engine.dispose()
         finally:
             drop_database(url)
-
-    def test_sqlite_runs_in_wal_mode_with_foreign_keys(self, tmp_path: Path) -> None:
-        engine = make_engine(f"sqlite:///{tmp_path / 'x.db'}")
-        with engine.connect() as conn:
-            assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
-            assert conn.execute(text("PRAGMA foreign_keys")).scalar() == 1
-        engine.dispose()
