@@ -93,6 +93,8 @@ class ReportAccess(Base):
             "report_updated_at",
             "report_id",
         ),
+        # Finds decisions made under another bundle without scanning every decision.
+        Index("ix_report_access_policy_hash", "policy_hash"),
     )
 
 

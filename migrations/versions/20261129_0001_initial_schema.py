@@ -162,6 +162,7 @@ def upgrade() -> None:
             ["member_code", "level", "report_updated_at", "report_id"],
             unique=False,
         )
+        batch_op.create_index("ix_report_access_policy_hash", ["policy_hash"], unique=False)
 
     op.create_table(
         "report_topics",
@@ -224,6 +225,7 @@ def downgrade() -> None:
 
     op.drop_table("report_topics")
     with op.batch_alter_table("report_access", schema=None) as batch_op:
+        batch_op.drop_index("ix_report_access_policy_hash")
         batch_op.drop_index("ix_report_access_member_listing")
 
     op.drop_table("report_access")
