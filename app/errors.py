@@ -42,10 +42,6 @@ class AppError(Exception):
         return problem
 
 
-class BadRequest(AppError):
-    status, title, slug = 400, "Bad Request", "bad-request"
-
-
 class Unauthorized(AppError):
     status, title, slug = 401, "Unauthorized", "unauthorized"
 
@@ -73,10 +69,6 @@ class Conflict(AppError):
     status, title, slug = 409, "Conflict", "conflict"
 
 
-class PreconditionFailed(AppError):
-    status, title, slug = 412, "Precondition Failed", "precondition-failed"
-
-
 class PayloadTooLarge(AppError):
     status, title, slug = 413, "Content Too Large", "payload-too-large"
 
@@ -92,13 +84,6 @@ class Unprocessable(AppError):
         problem = super().body()
         problem["errors"] = self.errors
         return problem
-
-
-class TooManyRequests(AppError):
-    status, title, slug = 429, "Too Many Requests", "rate-limited"
-
-    def __init__(self, retry_after: int) -> None:
-        super().__init__("Rate limit exceeded.", headers={"Retry-After": str(retry_after)})
 
 
 class ServiceUnavailable(AppError):

@@ -131,9 +131,3 @@ class Envelope:
             raise KeyDestroyed("data key destroyed")
         _, kek = self._member_key(session, originator, member_key_version)
         return crypto.unwrap_key(kek, wrapped, _data_key_aad(report_id, version, originator))
-
-    def forget(self) -> None:
-        """Drop cached member keys (after rotation or destruction)."""
-        with self._lock:
-            self._member_keys.clear()
-            self._current.clear()

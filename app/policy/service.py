@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,10 +30,9 @@ class Audience:
 
 
 class PolicyState:
-    """Holds the bundle and engine in force; swapped whole so no request sees half of one."""
+    """Holds the bundle in force with its engine, as one pair so they always belong together."""
 
     def __init__(self, bundle: PolicyBundle) -> None:
-        self._lock = threading.Lock()
         self._current = (bundle, PolicyEngine(bundle))
 
     @classmethod
@@ -53,11 +51,6 @@ class PolicyState:
     def decide(self, facts: ReportFacts) -> dict[str, Decision]:
         """The decision for every roster member on one report."""
         return self.engine.decide(facts)
-
-    def replace(self, bundle: PolicyBundle) -> None:
-        """Put a validated bundle in force."""
-        with self._lock:
-            self._current = (bundle, PolicyEngine(bundle))
 
 
 def audience_of(decisions: Iterable[Decision]) -> Audience:
