@@ -8,6 +8,7 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine
 
+from app.audit.writer import AuditWriter
 from app.config import PROJECT_ROOT, ConfigError, Settings
 from app.db import Database, make_engine, transaction
 from app.keys.provider import EnvKeyProvider, KeyProvider, KeyringError, LocalKeyring
@@ -67,10 +68,11 @@ def build_state(settings: Settings, *, engine: Engine | None = None) -> AppState
     signing = [SigningKey.from_pem(kid, pem) for kid, pem in provider.service_signing_keys()]
     if not signing:
         raise ConfigError("the key provider holds no service signing key")
-    engine = engine or make_engine(settings.resolved_database_url)
+    db = Database(engine or make_engine(settings.resolved_database_url))
     return AppState(
         settings=settings,
-        db=Database(engine),
+        db=db,
+        audit_log=AuditWriter(db),
         keys=provider,
         envelope=Envelope(provider),
         policy=policy,

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
+import functools
 import threading
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-import anyio
-import anyio.to_thread
-from sqlalchemy import DateTime, Engine, MetaData, create_engine, event
+from sqlalchemy import Connection, DateTime, Engine, MetaData, create_engine, event
 from sqlalchemy.engine import Dialect
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.pool import NullPool
 from sqlalchemy.types import TypeDecorator
@@ -121,6 +123,41 @@ def make_engine(url: str) -> Engine:
     return create_engine(url, poolclass=NullPool)
 
 
+def _sqlite_read_only(dbapi_connection: Any, _record: Any) -> None:
+    _sqlite_pragmas(dbapi_connection, _record)
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA query_only=ON")
+    cursor.close()
+
+
+def make_read_engine(url: str) -> Engine:
+    """An engine for reads only: a snapshot per statement, writes refused by the database.
+
+    Reads take no transaction of their own (no BEGIN, no COMMIT round trip) and, on SQLite,
+    never wait for the writer's turn: in WAL mode a reader sees the last commit.
+    """
+    if url.startswith("sqlite"):
+        engine = create_engine(
+            url,
+            connect_args={"check_same_thread": False, "isolation_level": None},
+            pool_size=8,
+            max_overflow=8,
+        )
+        event.listen(engine, "connect", _sqlite_read_only)
+        return engine
+    if url.startswith("postgresql"):
+        # No pre-ping (a round trip on every checkout): a read that finds its pooled
+        # connection dead is simply tried again, see _read_unit.
+        return create_engine(
+            url,
+            pool_size=10,
+            max_overflow=10,
+            isolation_level="AUTOCOMMIT",
+            connect_args={"options": "-c default_transaction_read_only=on"},
+        )
+    return create_engine(url, poolclass=NullPool)
+
+
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
     """Sessions that keep loaded objects usable after commit."""
     return sessionmaker(engine, expire_on_commit=False, autoflush=False)
@@ -160,25 +197,76 @@ def _unit(factory: sessionmaker[Session], work: Callable[[Session], T]) -> T:
         return work(session)
 
 
-class Database:
-    """An engine, its sessions, and how many transactions may run at once in this process."""
+def _read_unit(engine: Engine, work: Callable[[Connection], T]) -> T:
+    try:
+        with engine.connect() as conn:
+            return work(conn)
+    except DBAPIError as exc:
+        if not exc.connection_invalidated:
+            raise
+    # The pooled connection had died (a database restart, say) and the pool has dropped it
+    # and its siblings. A read changes nothing, so trying it once more on a new one is safe.
+    with engine.connect() as conn:
+        return work(conn)
 
-    def __init__(self, engine: Engine) -> None:
+
+def _append_unit(engine: Engine, work: Callable[[Connection], T]) -> T:
+    with engine.begin() as conn:
+        return work(conn)
+
+
+class Database:
+    """An engine, its sessions, and how requests reach them.
+
+    SQLite (the embedded default) admits one writer and answers in microseconds from the same
+    process, so its units run inline on the event loop: a hop to a worker thread would cost
+    more than the work, and more threads would only queue on the one write lock while holding
+    the GIL. PostgreSQL work runs on worker threads, as many at once as the pool has connections.
+    """
+
+    def __init__(self, engine: Engine, read_engine: Engine | None = None) -> None:
         self.engine = engine
+        self.read_engine = read_engine or make_read_engine(str(engine.url))
         self.sessionmaker = make_sessionmaker(engine)
-        # SQLite runs one writer at a time: more worker threads would only queue on its lock
-        # while holding the GIL hostage. PostgreSQL gets as many as the pool has connections.
-        self.concurrency = 1 if engine.dialect.name == "sqlite" else engine.pool.size()  # type: ignore[attr-defined]
-        self._limiter: anyio.CapacityLimiter | None = None
+        self.inline = engine.dialect.name == "sqlite"
+        self.concurrency = 1 if self.inline else engine.pool.size()  # type: ignore[attr-defined]
+        # A plain executor: anyio's thread hop costs several times more per call.
+        self._workers: ThreadPoolExecutor | None = None
+
+    async def _dispatch(self, func: Callable[..., T], *args: Any) -> T:
+        if self.inline:
+            return func(*args)
+        if self._workers is None:
+            self._workers = ThreadPoolExecutor(self.concurrency, thread_name_prefix="tearline-db")
+        # The request's context goes along (its request id is written into audit entries).
+        context = contextvars.copy_context()
+        return await asyncio.get_running_loop().run_in_executor(
+            self._workers, functools.partial(context.run, func, *args)
+        )
 
     async def run(self, work: Callable[[Session], T]) -> T:
-        """Run `work` as one transaction on one worker thread; committed when this returns.
+        """Run `work` as one transaction; committed when this returns.
 
-        A request's database work runs in a single hop to a worker thread, so the transaction
-        (and on SQLite the write lock) is held only while that work runs, never across
-        event-loop turns. This is the one place requests commit.
+        The transaction (and on SQLite the write lock) is held only while `work` runs, never
+        across event-loop turns. This is the one place requests commit.
         """
-        if self._limiter is None:
-            # Made on first use, inside the event loop that will use it.
-            self._limiter = anyio.CapacityLimiter(self.concurrency)
-        return await anyio.to_thread.run_sync(_unit, self.sessionmaker, work, limiter=self._limiter)
+        return await self._dispatch(_unit, self.sessionmaker, work)
+
+    async def append(self, work: Callable[[Connection], T]) -> T:
+        """Run `work`, which only inserts, as one transaction on a bare connection.
+
+        For the audit writer's batches: no session, no refusal survivors, just the rows.
+        """
+        return await self._dispatch(_append_unit, self.engine, work)
+
+    async def read(self, work: Callable[[Connection], T]) -> T:
+        """Run read-only `work` on a connection of the read engine (which refuses writes)."""
+        return await self._dispatch(_read_unit, self.read_engine, work)
+
+    def dispose(self) -> None:
+        """Stop the worker threads and close every pooled connection of both engines."""
+        if self._workers is not None:
+            self._workers.shutdown(wait=True)
+            self._workers = None
+        self.engine.dispose()
+        self.read_engine.dispose()

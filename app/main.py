@@ -32,7 +32,7 @@ def create_app(settings: Settings | None = None, *, state: AppState | None = Non
             bootstrap.upgrade_database(settings.resolved_database_url)
         bootstrap.prepare_database(state)
         yield
-        state.engine.dispose()
+        state.db.dispose()
 
     app = FastAPI(
         title="Tearline",

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from app.audit.writer import AuditWriter
 from app.auth.service import VerifiedTokens
 from app.config import Settings
 from app.db import Database
@@ -23,6 +24,7 @@ class AppState:
     keys: KeyProvider
     envelope: Envelope
     policy: PolicyState
+    audit_log: AuditWriter
     signing_keys: list[SigningKey] = field(default_factory=list)
     verification_keys: dict[str, VerificationKey] = field(default_factory=dict)
     verified_tokens: VerifiedTokens = field(default_factory=VerifiedTokens)

@@ -123,7 +123,7 @@ class World:
 
     def close(self) -> None:
         self.http.__exit__(None, None, None)
-        self.state.engine.dispose()
+        self.state.db.dispose()
 
 
 def report_body(**overrides: Any) -> dict[str, Any]:

@@ -47,28 +47,30 @@ class TestPolicyChangeAtStart:
             settings = world.settings.model_copy(update={"policy_dir": changed_policies})
             state = bootstrap.build_state(settings)
             assert state.policy.bundle.hash != world.state.policy.bundle.hash
-            with transaction(state.sessionmaker) as session, pytest.raises(NotFound):
+            with state.db.read_engine.connect() as conn, pytest.raises(NotFound):
                 reports_service.read(
-                    session,
+                    conn,
                     state.policy,
                     state.envelope,
                     principal("DEU"),
                     created["id"],
+                    [],
                     purpose=None,
                 )
 
             bootstrap.prepare_database(state)
-            with transaction(state.sessionmaker) as session:
+            with state.db.read_engine.connect() as conn:
                 view = reports_service.read(
-                    session,
+                    conn,
                     state.policy,
                     state.envelope,
                     principal("DEU"),
                     created["id"],
+                    [],
                     purpose=None,
                 )
             assert view.level == "tearline"
-            state.engine.dispose()
+            state.db.dispose()
         finally:
             world.close()
             drop_database(world.settings.resolved_database_url)
@@ -94,7 +96,7 @@ class TestRosterSync:
                 dnk = session.get(Member, "DNK")
                 assert dnk is not None
                 assert dnk.active is False
-            state.engine.dispose()
+            state.db.dispose()
             # Its client is refused at once, also with a token issued before.
             assert world.http.get("/v1/reports", headers=headers).status_code == 401
             assert world.request_token("DNK").status_code == 401

@@ -1,15 +1,18 @@
-"""Engine set-up: SQLite pragmas and the in-process writer turn."""
+"""Engines and units: SQLite pragmas, the writer turn, the read engine, where units run."""
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from pathlib import Path
 
 import pytest
-from sqlalchemy import text
-from sqlalchemy.exc import OperationalError
+from sqlalchemy import Connection, text
+from sqlalchemy.exc import DBAPIError, OperationalError
 
 from app import db
 from app.db import make_engine
+from tests.conftest import BACKEND, World
 
 
 class TestSqlitePragmas:
@@ -35,3 +38,51 @@ class TestSqliteWriterTurn:
         with engine.begin() as third:
             assert third.execute(text("SELECT 1")).scalar() == 1
         engine.dispose()
+
+
+class TestReadEngine:
+    def test_the_read_engine_refuses_writes(self, fresh_world: World) -> None:
+        db = fresh_world.state.db
+
+        def write(conn: Connection) -> None:
+            conn.execute(text("DELETE FROM audit_entries"))
+
+        with pytest.raises(DBAPIError):
+            asyncio.run(db.read(write))
+        with db.engine.connect() as conn:
+            assert conn.execute(text("SELECT count(*) FROM audit_entries")).scalar()
+
+    @pytest.mark.skipif(BACKEND != "postgres", reason="a server-side disconnect needs PostgreSQL")
+    def test_a_read_whose_pooled_connection_died_is_tried_again(self, fresh_world: World) -> None:
+        db = fresh_world.state.db
+
+        def backend_pid(conn: Connection) -> int:
+            return int(conn.execute(text("SELECT pg_backend_pid()")).scalar_one())
+
+        pid = asyncio.run(db.read(backend_pid))
+        with db.engine.connect() as conn:
+            conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+            conn.commit()
+
+        assert asyncio.run(db.read(backend_pid)) != pid
+
+
+class TestWhereUnitsRun:
+    def test_sqlite_units_run_on_the_calling_thread_and_postgresql_ones_on_workers(
+        self, fresh_world: World
+    ) -> None:
+        db = fresh_world.state.db
+
+        async def threads() -> tuple[int, int, int]:
+            here = threading.get_ident()
+            in_run = await db.run(lambda _session: threading.get_ident())
+            in_read = await db.read(lambda _conn: threading.get_ident())
+            return here, in_run, in_read
+
+        here, in_run, in_read = asyncio.run(threads())
+        if BACKEND == "sqlite":
+            assert in_run == here
+            assert in_read == here
+        else:
+            assert in_run != here
+            assert in_read != here

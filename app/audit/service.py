@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import cast
 
-from sqlalchemy import Table
+from sqlalchemy import Connection, Table
 from sqlalchemy.orm import Session
 
 from app.audit.models import AuditEntry
@@ -46,7 +46,8 @@ class Entry:
     purpose: str | None = None
 
 
-def _row(actor: Actor, entry: Entry) -> dict[str, object]:
+def row(actor: Actor, entry: Entry) -> dict[str, object]:
+    """The stored form of an entry, stamped now with the current request's id."""
     return {
         "time": utcnow(),
         "actor": actor.member,
@@ -66,18 +67,23 @@ def _row(actor: Actor, entry: Entry) -> dict[str, object]:
 _entries = cast(Table, AuditEntry.__table__)
 
 
+def insert_rows(conn: Connection, rows: list[dict[str, object]]) -> None:
+    """Insert stored forms made by `row` in the connection's transaction."""
+    if rows:
+        conn.execute(_entries.insert(), rows)
+
+
 def record(session: Session, actor: Actor, *entries: Entry) -> None:
     """Append entries to the caller's transaction: they commit or vanish with the action."""
-    if entries:
-        session.connection().execute(_entries.insert(), [_row(actor, e) for e in entries])
+    insert_rows(session.connection(), [row(actor, e) for e in entries])
 
 
 def record_refusal(session: Session, actor: Actor, entry: Entry) -> None:
     """Record a refusal that must survive the rollback of the request it refuses."""
-    row = _row(actor, entry)
+    stored = row(actor, entry)
 
     def add(s: Session) -> None:
-        s.connection().execute(_entries.insert(), [row])
+        insert_rows(s.connection(), [stored])
 
     session.info.setdefault("on_rollback", []).append(add)
     # Also in the current transaction, in case the caller answers without raising.

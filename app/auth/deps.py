@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Annotated, NoReturn, TypeVar
+from typing import Annotated, TypeVar
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy import Connection
 from sqlalchemy.orm import Session
 
 from app.audit import service as audit
@@ -37,38 +38,37 @@ def _route(request: Request) -> str:
     return f"route:{request.method} {request.url.path[:100]}"
 
 
-def _refuse_token(session: Session, route: str, exc: TokenError) -> NoReturn:
+def _token_refusal(route: str, exc: TokenError) -> audit.Entry:
     # Every failure gets the same answer; the reason stays in the audit log.
-    audit.record_refusal(
-        session,
-        audit.ANONYMOUS,
-        audit.Entry(action="auth.reject", decision="deny", target=route, reasons=(exc.reason,)),
-    )
-    raise Unauthorized from exc
+    return audit.Entry(action="auth.reject", decision="deny", target=route, reasons=(exc.reason,))
 
 
-def _refuse_scope(
-    session: Session, route: str, principal: Principal, missing: set[str]
-) -> NoReturn:
-    audit.record_refusal(
-        session,
-        principal.actor,
-        audit.Entry(
-            action="auth.scope",
-            decision="deny",
-            target=route,
-            reasons=tuple(f"missing:{s}" for s in sorted(missing)),
-        ),
+def _scope_refusal(route: str, missing: set[str]) -> audit.Entry:
+    return audit.Entry(
+        action="auth.scope",
+        decision="deny",
+        target=route,
+        reasons=tuple(f"missing:{s}" for s in sorted(missing)),
     )
-    raise Forbidden("The token lacks a scope this route requires.")
+
+
+_MISSING_SCOPE = "The token lacks a scope this route requires."
+
+
+class _ScopeMissing(Exception):
+    def __init__(self, missing: set[str]) -> None:
+        super().__init__("scope missing")
+        self.missing = missing
 
 
 class Caller:
     """The holder of a verified token, and the one way its request reaches the database.
 
-    `run(work)` is the request's unit of work: in one transaction it first confirms that the
+    `run(work)` is a unit of work that writes: in one transaction it first confirms that the
     client and its member are still active and hold the route's scopes, then runs `work`.
-    No route can skip the confirmation, since no route gets a session any other way.
+    `read(work)` does the same confirmation and runs read-only `work` without a transaction of
+    its own; the audit entries it traces are group-committed before it returns. No route can
+    skip the confirmation, since no route gets a session or a connection any other way.
     """
 
     def __init__(self, state: AppState, claimed: Principal, scopes: frozenset[str], route: str):
@@ -77,19 +77,53 @@ class Caller:
         self._scopes = scopes
         self._route = route
 
-    def _confirm(self, session: Session) -> Principal:
-        try:
-            principal = confirm_active(session, self._claimed)
-        except TokenError as exc:
-            _refuse_token(session, self._route, exc)
+    def _confirmed(self, conn: Connection) -> Principal:
+        principal = confirm_active(conn, self._claimed)
         missing = set(self._scopes - principal.scopes)
         if missing:
-            _refuse_scope(session, self._route, principal, missing)
+            raise _ScopeMissing(missing)
         return principal
+
+    def _confirm(self, session: Session) -> Principal:
+        try:
+            return self._confirmed(session.connection())
+        except TokenError as exc:
+            audit.record_refusal(session, audit.ANONYMOUS, _token_refusal(self._route, exc))
+            raise Unauthorized from exc
+        except _ScopeMissing as exc:
+            entry = _scope_refusal(self._route, exc.missing)
+            audit.record_refusal(session, self._claimed.actor, entry)
+            raise Forbidden(_MISSING_SCOPE) from exc
 
     async def run(self, work: Callable[[Session, Principal], T]) -> T:
         """Confirm the caller and run `work` in one transaction, committed before returning."""
         return await self.state.db.run(lambda session: work(session, self._confirm(session)))
+
+    async def read(self, work: Callable[[Connection, Principal, list[audit.Entry]], T]) -> T:
+        """Confirm the caller and run read-only `work`, which lists its accesses in a trace.
+
+        The trace is committed before this returns, and also when `work` raises (a refusal
+        leaves its trace too): nothing read is answered unless its access is on record.
+        """
+        trace: list[audit.Entry] = []
+        log = self.state.audit_log
+
+        def unit(conn: Connection) -> T:
+            return work(conn, self._confirmed(conn), trace)
+
+        try:
+            result = await self.state.db.read(unit)
+        except TokenError as exc:
+            await log.append(audit.ANONYMOUS, [_token_refusal(self._route, exc)])
+            raise Unauthorized from exc
+        except _ScopeMissing as exc:
+            await log.append(self._claimed.actor, [_scope_refusal(self._route, exc.missing)])
+            raise Forbidden(_MISSING_SCOPE) from exc
+        except Exception:
+            await log.append(self._claimed.actor, trace)
+            raise
+        await log.append(self._claimed.actor, trace)
+        return result
 
 
 class Authenticator:
@@ -115,12 +149,12 @@ class Authenticator:
                 verified=state.verified_tokens,
             )
         except TokenError as exc:
-            failure = exc
-            # Records the refusal in its own transaction and raises Unauthorized.
-            await state.db.run(lambda s: _refuse_token(s, route, failure))
+            await state.audit_log.append(audit.ANONYMOUS, [_token_refusal(route, exc)])
+            raise Unauthorized from exc
         missing = set(self.scopes - claimed.scopes)
         if missing:
-            await state.db.run(lambda s: _refuse_scope(s, route, claimed, missing))
+            await state.audit_log.append(claimed.actor, [_scope_refusal(route, missing)])
+            raise Forbidden(_MISSING_SCOPE)
         return Caller(state, claimed, self.scopes, route)
 
 

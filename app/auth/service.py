@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import bindparam, delete, insert, select
+from sqlalchemy import Connection, bindparam, delete, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -131,8 +131,8 @@ _CLIENT_STATUS = (
 )
 
 
-def _active_client(session: Session, client_id: str) -> ActiveClient | None:
-    row = session.connection().execute(_CLIENT_STATUS, {"client_id": client_id}).first()
+def _active_client(conn: Connection, client_id: str) -> ActiveClient | None:
+    row = conn.execute(_CLIENT_STATUS, {"client_id": client_id}).first()
     if row is None:
         return None
     return ActiveClient(id=row.id, member=row.member_code, scopes=tuple(row.scopes))
@@ -168,7 +168,7 @@ def issue_token(
             raise TokenRequestError("invalid_scope", "scope_too_long")
         if not isinstance(candidate, str) or len(candidate) > 80:
             raise TokenRequestError("invalid_client", "bad_issuer", 401)
-        found = _active_client(session, candidate)
+        found = _active_client(session.connection(), candidate)
         if found is None:
             raise TokenRequestError("invalid_client", "unknown_or_inactive_client", 401)
         client = found
@@ -307,13 +307,13 @@ def verify_bearer(
     )
 
 
-def confirm_active(session: Session, claimed: Principal) -> Principal:
+def confirm_active(conn: Connection, claimed: Principal) -> Principal:
     """The claimed principal, if its client and member are active now; TokenError otherwise.
 
     Checked on every request, so a revoked client or suspended member is refused at once; the
     scopes are cut to what the client holds now.
     """
-    found = _active_client(session, claimed.client_id)
+    found = _active_client(conn, claimed.client_id)
     if found is None:
         raise TokenError("inactive_client")
     if found.member != claimed.member:

@@ -102,8 +102,7 @@ def init() -> None:
             if not pem_path.exists():
                 _write_private(pem_path, key.private_pem())
             kid_path.write_text(kid + "\n")
-    engine = state.engine
-    engine.dispose()
+    state.db.dispose()
     typer.echo(f"development data ready in {settings.data_dir} ({created} clients created)")
 
 
@@ -134,5 +133,5 @@ def token(
     except TokenRequestError as exc:
         raise fail(f"refused: {exc.error}") from None
     finally:
-        state.engine.dispose()
+        state.db.dispose()
     typer.echo(issued.access_token)

@@ -6,7 +6,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from sqlalchemy import func, select
+from sqlalchemy import Connection, func, select
 from sqlalchemy.orm import Session
 
 from app.keys.models import MemberKey
@@ -74,7 +74,7 @@ class Envelope:
         return 1
 
     def _member_key(
-        self, session: Session, member: str, version: int | None
+        self, conn: Connection, member: str, version: int | None
     ) -> tuple[int, SecretBytes]:
         if version is None:
             # Which version is current is looked up at most every few seconds per process: a
@@ -87,13 +87,15 @@ class Envelope:
             cached = self._member_keys.get((member, version))
             if cached is not None:
                 return version, cached
-        stmt = select(MemberKey).where(MemberKey.member_code == member)
+        stmt = select(MemberKey.version, MemberKey.master_version, MemberKey.wrapped_key).where(
+            MemberKey.member_code == member
+        )
         stmt = (
             stmt.where(MemberKey.version == version)
             if version is not None
             else stmt.order_by(MemberKey.version.desc()).limit(1)
         )
-        row = session.scalars(stmt).first()
+        row = conn.execute(stmt).first()
         if row is None:
             raise KeyDestroyed(f"no key for member {member}")
         if row.wrapped_key is None:
@@ -108,17 +110,17 @@ class Envelope:
         return row.version, kek
 
     def new_data_key(
-        self, session: Session, report_id: str, version: int, originator: str
+        self, conn: Connection, report_id: str, version: int, originator: str
     ) -> DataKey:
         """A fresh data key for one report version, wrapped by the originator's current key."""
-        key_version, kek = self._member_key(session, originator, None)
+        key_version, kek = self._member_key(conn, originator, None)
         key = crypto.new_key()
         wrapped = crypto.wrap_key(kek, key, _data_key_aad(report_id, version, originator))
         return DataKey(key=key, wrapped=wrapped, member=originator, member_key_version=key_version)
 
     def open_data_key(
         self,
-        session: Session,
+        conn: Connection,
         *,
         report_id: str,
         version: int,
@@ -129,5 +131,5 @@ class Envelope:
         """Unwrap a stored data key; CorruptionError if it was moved, altered or destroyed."""
         if wrapped is None:
             raise KeyDestroyed("data key destroyed")
-        _, kek = self._member_key(session, originator, member_key_version)
+        _, kek = self._member_key(conn, originator, member_key_version)
         return crypto.unwrap_key(kek, wrapped, _data_key_aad(report_id, version, originator))

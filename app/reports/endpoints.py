@@ -6,8 +6,10 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Response, status
 from pydantic import AwareDatetime
+from sqlalchemy import Connection
 from sqlalchemy.orm import Session
 
+from app.audit import service as audit
 from app.auth.deps import ReportsRead, ReportsWrite
 from app.auth.service import Principal
 from app.errors import responses
@@ -140,13 +142,13 @@ async def list_reports(
     )
     state = caller.state
 
-    def work(session: Session, principal: Principal) -> ReportPage:
+    def work(conn: Connection, principal: Principal, trace: list[audit.Entry]) -> ReportPage:
         views, next_cursor = service.list_readable(
-            session, state.policy, state.envelope, principal, filters, limit, cursor
+            conn, state.policy, state.envelope, principal, filters, limit, cursor, trace
         )
         return ReportPage(items=[to_out(v, principal) for v in views], next_cursor=next_cursor)
 
-    return await caller.run(work)
+    return await caller.read(work)
 
 
 @router.get(
@@ -161,10 +163,10 @@ async def get_report(
     """The report at the caller's level; 404 when it does not exist or is not for the caller."""
     state = caller.state
 
-    def work(session: Session, principal: Principal) -> ReportOut:
+    def work(conn: Connection, principal: Principal, trace: list[audit.Entry]) -> ReportOut:
         view = service.read(
-            session, state.policy, state.envelope, principal, report_id, purpose=purpose
+            conn, state.policy, state.envelope, principal, report_id, trace, purpose=purpose
         )
         return to_out(view, principal)
 
-    return await caller.run(work)
+    return await caller.read(work)

@@ -15,6 +15,7 @@ from typing import Any, Protocol, cast
 from sqlalchemy import (
     BindParameter,
     ColumnElement,
+    Connection,
     Row,
     Select,
     Table,
@@ -215,7 +216,7 @@ def create(
     report = _new_report(report_id, originator, payload)
     now = report.created_at
     decisions = state.decide(_facts_of(report))
-    data_key = envelope.new_data_key(session, report_id, 1, originator)
+    data_key = envelope.new_data_key(session.connection(), report_id, 1, originator)
     entities = [e.model_dump(exclude_none=True) for e in payload.entities]
 
     def seal(field: str, value: str | None) -> bytes | None:
@@ -342,15 +343,23 @@ def _replay(
             ),
         )
         raise Conflict("This Idempotency-Key was used with a different request.")
-    return read(
-        session,
-        state,
-        envelope,
-        principal,
-        stored.report_id,
-        purpose=None,
-        action="report.create.replay",
-    )
+    trace: list[audit.Entry] = []
+    try:
+        return read(
+            session.connection(),
+            state,
+            envelope,
+            principal,
+            stored.report_id,
+            trace,
+            purpose=None,
+            action="report.create.replay",
+        )
+    finally:
+        for entry in trace:
+            # A refusal is kept even though the request it refuses rolls back.
+            keep = audit.record if entry.decision == "allow" else audit.record_refusal
+            keep(session, principal.actor, entry)
 
 
 def _is_report_id(value: str) -> bool:
@@ -419,11 +428,11 @@ def readable_statement(member: str, policy_hash: str) -> Select[Any]:
 
 
 def _decrypt(
-    envelope: Envelope, session: Session, row: Row[Any], fields: tuple[str, ...]
+    envelope: Envelope, conn: Connection, row: Row[Any], fields: tuple[str, ...]
 ) -> dict[str, str | None]:
     m = row._mapping
     key = envelope.open_data_key(
-        session,
+        conn,
         report_id=m["id"],
         version=m["version"],
         originator=m["originator"],
@@ -441,14 +450,14 @@ def _decrypt(
     return out
 
 
-def _view(envelope: Envelope, session: Session, row: Row[Any], *, with_body: bool) -> ReportView:
+def _view(envelope: Envelope, conn: Connection, row: Row[Any], *, with_body: bool) -> ReportView:
     level: str = row._mapping["level"]
     fields: tuple[str, ...]
     if level == "full":
         fields = CONTENT_FIELDS if with_body else ("title", "summary")
     else:
         fields = ("summary",)
-    plain = _decrypt(envelope, session, row, fields)
+    plain = _decrypt(envelope, conn, row, fields)
     entities_json = plain.get("entities")
     entities = json.loads(entities_json) if entities_json is not None else None
     return ReportView(
@@ -461,8 +470,8 @@ def _view(envelope: Envelope, session: Session, row: Row[Any], *, with_body: boo
     )
 
 
-def _stored_audience(session: Session, report_id: str) -> Audience:
-    rows = session.connection().execute(_AUDIENCE, {"report_id": report_id}).all()
+def _stored_audience(conn: Connection, report_id: str) -> Audience:
+    rows = conn.execute(_AUDIENCE, {"report_id": report_id}).all()
     return Audience(
         full=tuple(sorted(m for m, lvl in rows if lvl == "full")),
         tearline=tuple(sorted(m for m, lvl in rows if lvl == "tearline")),
@@ -470,71 +479,52 @@ def _stored_audience(session: Session, report_id: str) -> Audience:
 
 
 def read(
-    session: Session,
+    conn: Connection,
     state: PolicyState,
     envelope: Envelope,
     principal: Principal,
     report_id: str,
+    trace: list[audit.Entry],
     *,
     purpose: str | None,
     action: str = "report.read",
 ) -> ReportView:
-    """The report at the caller's level, in one query; NotFound (audited) otherwise."""
-    # Report ids are canonical UUIDs; anything else is absent without asking the database
-    # (PostgreSQL refuses a NUL in a string outright, which would be a 500, not a 404).
-    params = {"member": principal.member, "policy_hash": state.bundle.hash, "report_id": report_id}
-    row = (
-        session.connection().execute(_READ_ONE, params).first()
-        if _is_report_id(report_id)
-        else None
-    )
-    if row is None:
-        audit.record_refusal(
-            session,
-            principal.actor,
+    """The report at the caller's level, in one query; NotFound otherwise.
+
+    The access (or the refusal) is added to `trace`, which the caller must record.
+    """
+    bundle_hash = state.bundle.hash
+
+    def traced(decision: str, target: str, *reasons: str) -> None:
+        trace.append(
             audit.Entry(
                 action=action,
-                decision="deny",
-                target=f"report:{report_id[:64]}",
-                reasons=("level:none",),
-                policy_hash=state.bundle.hash,
+                decision=decision,
+                target=target,
+                reasons=reasons,
+                policy_hash=bundle_hash,
                 purpose=purpose,
-            ),
+            )
         )
+
+    # Report ids are canonical UUIDs; anything else is absent without asking the database
+    # (PostgreSQL refuses a NUL in a string outright, which would be a 500, not a 404).
+    params = {"member": principal.member, "policy_hash": bundle_hash, "report_id": report_id}
+    row = conn.execute(_READ_ONE, params).first() if _is_report_id(report_id) else None
+    if row is None:
+        traced("deny", f"report:{report_id[:64]}", "level:none")
         raise NotFound
     level = row._mapping["level"]
     try:
-        view = _view(envelope, session, row, with_body=True)
+        view = _view(envelope, conn, row, with_body=True)
     except CorruptionError:
         # The attempt is traced even though nothing is served.
-        audit.record_refusal(
-            session,
-            principal.actor,
-            audit.Entry(
-                action=action,
-                decision="error",
-                target=f"report:{report_id}",
-                reasons=(f"level:{level}", "corrupted"),
-                policy_hash=state.bundle.hash,
-                purpose=purpose,
-            ),
-        )
+        traced("error", f"report:{report_id}", f"level:{level}", "corrupted")
         raise
     report = view.report
     if report.originator == principal.member:
-        view = dataclasses.replace(view, audience=_stored_audience(session, report.id))
-    audit.record(
-        session,
-        principal.actor,
-        audit.Entry(
-            action=action,
-            decision="allow",
-            target=f"report:{report.id}",
-            reasons=(f"level:{level}", f"version:{report.version}"),
-            policy_hash=state.bundle.hash,
-            purpose=purpose,
-        ),
-    )
+        view = dataclasses.replace(view, audience=_stored_audience(conn, report.id))
+    traced("allow", f"report:{report.id}", f"level:{level}", f"version:{report.version}")
     return view
 
 
@@ -569,15 +559,19 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
 
 
 def list_readable(
-    session: Session,
+    conn: Connection,
     state: PolicyState,
     envelope: Envelope,
     principal: Principal,
     filters: ListFilters,
     limit: int,
     cursor: str | None,
+    trace: list[audit.Entry],
 ) -> tuple[list[ReportView], str | None]:
-    """A newest-first page of the reports the caller may read at tearline or above."""
+    """A newest-first page of the reports the caller may read at tearline or above.
+
+    The listing and every listed report's access are added to `trace`.
+    """
     bundle = state.bundle
     if filters.topic is not None and filters.topic not in bundle.taxonomy.leaves:
         raise Unprocessable(
@@ -612,10 +606,10 @@ def list_readable(
         )
     stmt = stmt.order_by(_access.c.report_updated_at.desc(), _access.c.report_id.desc())
     params = {"member": principal.member, "policy_hash": bundle.hash}
-    rows = session.connection().execute(stmt.limit(limit + 1), params).all()
-    views = [_view(envelope, session, row, with_body=False) for row in rows[:limit]]
+    rows = conn.execute(stmt.limit(limit + 1), params).all()
+    views = [_view(envelope, conn, row, with_body=False) for row in rows[:limit]]
     next_cursor = encode_cursor(views[-1].report) if len(rows) > limit else None
-    entries = [
+    trace.append(
         audit.Entry(
             action="report.list",
             decision="allow",
@@ -623,9 +617,9 @@ def list_readable(
             reasons=(f"items:{len(views)}",),
             policy_hash=bundle.hash,
         )
-    ]
+    )
     # Each listed report shows its summary (and title at full): that is an access to it.
-    entries += [
+    trace.extend(
         audit.Entry(
             action="report.list_item",
             decision="allow",
@@ -634,8 +628,7 @@ def list_readable(
             policy_hash=bundle.hash,
         )
         for v in views
-    ]
-    audit.record(session, principal.actor, *entries)
+    )
     return views, next_cursor
 
 

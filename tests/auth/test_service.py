@@ -59,20 +59,20 @@ class TestConfirmActive:
             client_id="DEU.test", member="DEU", scopes=frozenset({"audit", "search"}), token_id="j"
         )
         with transaction(world.state.sessionmaker) as session:
-            confirmed = confirm_active(session, claimed)
+            confirmed = confirm_active(session.connection(), claimed)
         assert confirmed.scopes == frozenset({"search"})
 
     def test_a_token_claiming_another_member_for_the_client_is_refused(self, world: World) -> None:
         claimed = Principal(client_id="DEU.test", member="FRA", scopes=frozenset(), token_id="j")
         with transaction(world.state.sessionmaker) as session, pytest.raises(TokenError):
-            confirm_active(session, claimed)
+            confirm_active(session.connection(), claimed)
 
     def test_a_revoked_client_is_refused(self, fresh_world: World) -> None:
         claimed = Principal(client_id="EU.test", member="EU", scopes=frozenset(), token_id="j")
         with transaction(fresh_world.state.sessionmaker) as session:
             revoke_client(session, "EU.test")
         with transaction(fresh_world.state.sessionmaker) as session, pytest.raises(TokenError):
-            confirm_active(session, claimed)
+            confirm_active(session.connection(), claimed)
 
 
 class TestUsedAssertions:

@@ -39,11 +39,14 @@ def statements(world: World) -> Iterator[list[str]]:
     ) -> None:
         seen.append(" ".join(statement.split()))
 
-    event.listen(world.state.engine, "before_cursor_execute", before)
+    engines = (world.state.db.engine, world.state.db.read_engine)
+    for engine in engines:
+        event.listen(engine, "before_cursor_execute", before)
     try:
         yield seen
     finally:
-        event.remove(world.state.engine, "before_cursor_execute", before)
+        for engine in engines:
+            event.remove(engine, "before_cursor_execute", before)
 
 
 def touches(statement: str, table: str) -> bool:
