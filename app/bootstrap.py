@@ -15,6 +15,7 @@ from app.keys.provider import EnvKeyProvider, KeyProvider, KeyringError, LocalKe
 from app.keys.service import Envelope
 from app.kit.jwt import SigningKey, VerificationKey
 from app.members import service as members_service
+from app.policy.reload import Redecider, Reloader
 from app.policy.service import PolicyState
 from app.reports import service as reports_service
 from app.state import AppState
@@ -69,13 +70,17 @@ def build_state(settings: Settings, *, engine: Engine | None = None) -> AppState
     if not signing:
         raise ConfigError("the key provider holds no service signing key")
     db = Database(engine or make_engine(settings.resolved_database_url))
+    envelope = Envelope(provider)
+    redecider = Redecider(db, policy)
     return AppState(
         settings=settings,
         db=db,
         audit_log=AuditWriter(db),
         keys=provider,
-        envelope=Envelope(provider),
+        envelope=envelope,
         policy=policy,
+        redecider=redecider,
+        reloader=Reloader(Path(settings.policy_dir), policy, db, envelope, redecider),
         signing_keys=signing,
         verification_keys={
             k.kid: VerificationKey.from_pem(k.kid, "ES256", k.public_pem()) for k in signing

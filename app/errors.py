@@ -69,6 +69,14 @@ class Conflict(AppError):
     status, title, slug = 409, "Conflict", "conflict"
 
 
+class PreconditionFailed(AppError):
+    status, title, slug = 412, "Precondition Failed", "precondition-failed"
+
+
+class PreconditionRequired(AppError):
+    status, title, slug = 428, "Precondition Required", "precondition-required"
+
+
 class PayloadTooLarge(AppError):
     status, title, slug = 413, "Content Too Large", "payload-too-large"
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import signal
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -11,6 +14,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
 from app import bootstrap
+from app.audit import service as audit
 from app.auth.endpoints import router as auth_router
 from app.config import Settings, get_settings
 from app.errors import ServiceUnavailable, install_handlers, problem_response, responses
@@ -19,6 +23,22 @@ from app.middleware import BodyLimitMiddleware, RequestIdMiddleware
 from app.policy.endpoints import router as policy_router
 from app.reports.endpoints import router as reports_router
 from app.state import AppState
+
+
+def _reload_on_sighup(state: AppState) -> bool:
+    """`kill -HUP` reloads the policy bundle (as the operator); only where signals can be had."""
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "SIGHUP"):
+        return False
+    loop = asyncio.get_running_loop()
+    running: set[asyncio.Task[object]] = set()
+
+    def reload() -> None:
+        task = loop.create_task(state.reloader.reload(audit.OPERATOR))
+        running.add(task)  # held until done, so it is not collected midway
+        task.add_done_callback(running.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, reload)
+    return True
 
 
 def create_app(settings: Settings | None = None, *, state: AppState | None = None) -> FastAPI:
@@ -31,7 +51,12 @@ def create_app(settings: Settings | None = None, *, state: AppState | None = Non
         if settings.is_development:
             bootstrap.upgrade_database(settings.resolved_database_url)
         bootstrap.prepare_database(state)
+        hangup = _reload_on_sighup(state)
         yield
+        if hangup:
+            asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
+        # A pass of re-decision stops between two batches; the next start finishes it.
+        await state.redecider.stop()
         state.db.dispose()
 
     app = FastAPI(

@@ -9,6 +9,7 @@ from app.reports.models import (
     IdempotencyKey,
     Report,
     ReportAccess,
+    ReportKey,
     ReportTopic,
     ReportVersion,
 )
@@ -23,6 +24,7 @@ __all__ = [
     "MemberKey",
     "Report",
     "ReportAccess",
+    "ReportKey",
     "ReportTopic",
     "ReportVersion",
     "UsedAssertion",

@@ -14,6 +14,7 @@ from app.db import Database
 from app.keys.provider import KeyProvider
 from app.keys.service import Envelope
 from app.kit.jwt import SigningKey, VerificationKey
+from app.policy.reload import Redecider, Reloader
 from app.policy.service import PolicyState
 
 
@@ -25,6 +26,8 @@ class AppState:
     envelope: Envelope
     policy: PolicyState
     audit_log: AuditWriter
+    redecider: Redecider
+    reloader: Reloader
     signing_keys: list[SigningKey] = field(default_factory=list)
     verification_keys: dict[str, VerificationKey] = field(default_factory=dict)
     verified_tokens: VerifiedTokens = field(default_factory=VerifiedTokens)

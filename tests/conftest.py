@@ -148,11 +148,11 @@ def make_world(tmp_dir: Path, database_url: str | None = None, **settings_overri
     """Build a world: migrations, app start-up, one client per roster member."""
     tmp_dir.mkdir(parents=True, exist_ok=True)
     url = database_url or new_database_url(tmp_dir)
+    settings_overrides.setdefault("policy_dir", PROJECT_ROOT / "policies")
     settings = Settings(
         env="development",
         data_dir=tmp_dir / "data",
         database_url=url,
-        policy_dir=PROJECT_ROOT / "policies",
         issuer="http://tearline.test",
         **settings_overrides,
     )

@@ -298,6 +298,59 @@ def _report_by_id(world: World, ctx: dict[str, Any]) -> None:
     assert hidden.json() == missing.json()
 
 
+def _originator_only(
+    method: str, path: str, scope: str, *, json: Any = None, headers: dict[str, str] | None = None
+) -> Check:
+    """Scopes as _protected; then 404 for a member that cannot read the report (as for a missing
+    id), 403 for one that can (a chair), and success for the originator alone."""
+
+    def check(world: World, ctx: dict[str, Any]) -> None:
+        _protected(method, path, scope, json=json)(world, ctx)
+        url = path.format(**ctx)
+        missing_url = path.format(report_id="00000000-0000-4000-8000-000000000000")
+
+        def call(code: str, target: str) -> Any:
+            return world.http.request(
+                method, target, json=json, headers={**world.headers(code), **(headers or {})}
+            )
+
+        hidden, missing = call("NZL", url), call("NZL", missing_url)
+        assert hidden.status_code == missing.status_code == 404
+        assert hidden.json() == missing.json()
+        assert call("ITA", url).status_code == 403
+        assert call("USA", url).status_code in (200, 204), call("USA", url).text
+
+    return check
+
+
+def _policy_explain(world: World, ctx: dict[str, Any]) -> None:
+    """A chair may explain any report; others get 404 for what they cannot read, else 403."""
+    payload = {"member": "DEU", "report_id": ctx["report_id"]}
+    missing = {"member": "DEU", "report_id": "00000000-0000-4000-8000-000000000000"}
+    _protected("POST", "/v1/policy/explain", "policy:read", json=missing)(world, ctx)
+
+    def call(code: str, body: dict[str, Any]) -> Any:
+        return world.http.post("/v1/policy/explain", json=body, headers=world.headers(code))
+
+    assert call("ITA", payload).status_code == 200
+    hidden, absent = call("NZL", payload), call("NZL", missing)
+    assert hidden.status_code == absent.status_code == 404
+    assert hidden.json() == absent.json()
+    readable = world.submit("USA", releasable_to=["ALL"])
+    assert call("DEU", {"member": "DEU", "report_id": readable["id"]}).status_code == 403
+
+
+def _policy_reload(world: World, ctx: dict[str, Any]) -> None:
+    """Chairs only; the shipped bundle is unchanged, so a chair's reload changes nothing."""
+    url = "/v1/policy/reload"
+    assert world.http.post(url).status_code == 401
+    assert world.http.post(url, headers=world.headers("ITA", scope="search")).status_code == 403
+    assert world.http.post(url, headers=world.headers("DEU")).status_code == 403
+    response = world.http.post(url, headers=world.headers("ITA"))
+    assert response.status_code == 200
+    assert response.json()["changed"] is False
+
+
 ROUTES: dict[tuple[str, str], Check] = {
     ("GET", "/.well-known/oauth-authorization-server"): lambda w, c: _public(
         w, c, "GET", "/.well-known/oauth-authorization-server"
@@ -318,9 +371,30 @@ ROUTES: dict[tuple[str, str], Check] = {
     ),
     ("GET", "/v1/reports"): _protected("GET", "/v1/reports", "reports:read"),
     ("GET", "/v1/reports/{report_id}"): _report_by_id,
+    ("PUT", "/v1/reports/{report_id}"): _originator_only(
+        "PUT",
+        "/v1/reports/{report_id}",
+        "reports:write",
+        json=report_body(releasable_to=["CHAIRS"], summary=None),
+        headers={"If-Match": '"1"'},
+    ),
+    ("POST", "/v1/reports/{report_id}/revoke"): _originator_only(
+        "POST", "/v1/reports/{report_id}/revoke", "reports:write", json={"reason": "superseded"}
+    ),
+    ("DELETE", "/v1/reports/{report_id}"): _originator_only(
+        "DELETE", "/v1/reports/{report_id}", "reports:write"
+    ),
+    ("GET", "/v1/reports/{report_id}/versions"): _originator_only(
+        "GET", "/v1/reports/{report_id}/versions", "reports:read"
+    ),
+    ("GET", "/v1/reports/{report_id}/access-log"): _originator_only(
+        "GET", "/v1/reports/{report_id}/access-log", "reports:read"
+    ),
     ("GET", "/v1/members"): _protected("GET", "/v1/members", None),
     ("GET", "/v1/members/me"): _protected("GET", "/v1/members/me", None),
     ("GET", "/v1/policy"): _protected("GET", "/v1/policy", "policy:read"),
+    ("POST", "/v1/policy/explain"): _policy_explain,
+    ("POST", "/v1/policy/reload"): _policy_reload,
 }
 
 

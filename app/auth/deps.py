@@ -97,7 +97,15 @@ class Caller:
 
     async def run(self, work: Callable[[Session, Principal], T]) -> T:
         """Confirm the caller and run `work` in one transaction, committed before returning."""
-        return await self.state.db.run(lambda session: work(session, self._confirm(session)))
+        policy = self.state.policy
+        before = policy.bundle.hash
+        try:
+            return await self.state.db.run(lambda session: work(session, self._confirm(session)))
+        finally:
+            if policy.bundle.hash != before:
+                # A bundle came into force while this unit ran: whatever it decided was decided
+                # under the old one (and is hidden as stale); have it decided again.
+                self.state.redecider.kick()
 
     async def read(self, work: Callable[[Connection, Principal, list[audit.Entry]], T]) -> T:
         """Confirm the caller and run read-only `work`, which lists its accesses in a trace.

@@ -671,6 +671,16 @@ def _originator_is(code: str) -> dict[str, Any]:
     }
 
 
+def _principal_is(code: str) -> dict[str, Any]:
+    """EST of `principal == Tearline::Member::"<code>"`."""
+    return {
+        "==": {
+            "left": {"Var": "principal"},
+            "right": {"Value": {"__entity": {"type": MEMBER_TYPE, "id": code}}},
+        }
+    }
+
+
 @dataclass
 class _PolicyFile:
     file: str
@@ -785,8 +795,11 @@ def _scoped(parsed: _PolicyFile) -> dict[str, dict[str, Any]]:
     for policy in parsed.policies.values():
         policy_id = policy["annotations"]["id"]
         if parsed.country:
-            condition = {"kind": "when", "body": _originator_is(parsed.country)}
-            result[policy_id] = {**policy, "conditions": [condition, *policy["conditions"]]}
+            # Its own reports only, and never against the originator itself, which always
+            # keeps full (product.md, rule 1): country rules restrict the recipients.
+            scope = {"kind": "when", "body": _originator_is(parsed.country)}
+            exempt = {"kind": "unless", "body": _principal_is(parsed.country)}
+            result[policy_id] = {**policy, "conditions": [scope, exempt, *policy["conditions"]]}
         else:
             result[policy_id] = policy
     return result

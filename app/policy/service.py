@@ -48,6 +48,10 @@ class PolicyState:
     def engine(self) -> PolicyEngine:
         return self._current[1]
 
+    def replace(self, bundle: PolicyBundle) -> None:
+        """Put `bundle` in force, with an engine of its own (one assignment: never half-swapped)."""
+        self._current = (bundle, PolicyEngine(bundle))
+
     def decide(self, facts: ReportFacts) -> dict[str, Decision]:
         """The decision for every roster member on one report."""
         return self.engine.decide(facts)

@@ -13,8 +13,10 @@ from app.audit import service as audit
 from app.auth.deps import ReportsRead, ReportsWrite
 from app.auth.service import Principal
 from app.errors import responses
-from app.reports import service
+from app.reports import lifecycle, service
 from app.reports.schemas import (
+    AccessLogPage,
+    AccessRecordOut,
     Audience,
     Classification,
     EntityOut,
@@ -23,6 +25,9 @@ from app.reports.schemas import (
     ReportOut,
     ReportPage,
     ReportPreview,
+    RevokeIn,
+    VersionList,
+    VersionOut,
 )
 
 router = APIRouter(prefix="/v1/reports", tags=["reports"])
@@ -52,7 +57,8 @@ def to_out(view: service.ReportView, principal: Principal) -> ReportOut:
         access=view.level,
         summary=view.summary,
     )
-    if view.level == "full":
+    # A purged report (a tombstone) has no content left to show, at any level.
+    if view.level == "full" and r.status != "purged":
         out.title = view.title
         if view.body is not None:
             out.body = view.body
@@ -158,7 +164,7 @@ async def list_reports(
     responses=responses(401, 403, 404, 422, 429),
 )
 async def get_report(
-    report_id: str, caller: ReportsRead, purpose: PurposeHeader = None
+    report_id: str, response: Response, caller: ReportsRead, purpose: PurposeHeader = None
 ) -> ReportOut:
     """The report at the caller's level; 404 when it does not exist or is not for the caller."""
     state = caller.state
@@ -168,5 +174,119 @@ async def get_report(
             conn, state.policy, state.envelope, principal, report_id, trace, purpose=purpose
         )
         return to_out(view, principal)
+
+    out = await caller.read(work)
+    response.headers["ETag"] = lifecycle.etag(out.version)
+    return out
+
+
+@router.put(
+    "/{report_id}",
+    response_model=ReportOut,
+    response_model_exclude_unset=True,
+    responses=responses(401, 403, 404, 409, 412, 413, 422, 428, 429),
+)
+async def update_report(
+    report_id: str,
+    payload: ReportIn,
+    response: Response,
+    caller: ReportsWrite,
+    if_match: Annotated[str | None, Header(alias="If-Match", max_length=64)] = None,
+) -> ReportOut:
+    """Replace content and markings (originator only): version n+1, decided again.
+
+    `If-Match` must carry the version being replaced, as `ETag` gave it: `"3"`.
+    """
+    state = caller.state
+
+    def work(session: Session, principal: Principal) -> ReportOut:
+        view = lifecycle.update_report(
+            session, state.policy, state.envelope, principal, report_id, payload, if_match
+        )
+        return to_out(view, principal)
+
+    out = await caller.run(work)
+    response.headers["ETag"] = lifecycle.etag(out.version)
+    return out
+
+
+@router.post(
+    "/{report_id}/revoke",
+    response_model=ReportOut,
+    response_model_exclude_unset=True,
+    responses=responses(401, 403, 404, 409, 413, 422, 429),
+)
+async def revoke_report(report_id: str, payload: RevokeIn, caller: ReportsWrite) -> ReportOut:
+    """Withdraw a report from every other member at once (originator only)."""
+    state = caller.state
+
+    def work(session: Session, principal: Principal) -> ReportOut:
+        view = lifecycle.revoke_report(
+            session, state.policy, state.envelope, principal, report_id, payload.reason
+        )
+        return to_out(view, principal)
+
+    return await caller.run(work)
+
+
+@router.delete(
+    "/{report_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses=responses(401, 403, 404, 422, 429),
+)
+async def purge_report(report_id: str, caller: ReportsWrite) -> Response:
+    """Purge a report (originator only): every version's key is destroyed; a tombstone stays."""
+    state = caller.state
+    await caller.run(
+        lambda session, principal: lifecycle.purge_report(
+            session, state.policy, principal, report_id
+        )
+    )
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.get(
+    "/{report_id}/versions",
+    response_model=VersionList,
+    response_model_exclude_unset=True,
+    responses=responses(401, 403, 404, 422, 429),
+)
+async def list_versions(report_id: str, caller: ReportsRead) -> VersionList:
+    """Every version of the caller's own report, newest first."""
+    state = caller.state
+
+    def work(conn: Connection, principal: Principal, trace: list[audit.Entry]) -> VersionList:
+        views = lifecycle.list_versions(
+            conn, state.policy, state.envelope, principal, report_id, trace
+        )
+        return VersionList(
+            items=[VersionOut.model_validate(v, from_attributes=True) for v in views]
+        )
+
+    return await caller.read(work)
+
+
+@router.get(
+    "/{report_id}/access-log",
+    response_model=AccessLogPage,
+    responses=responses(401, 403, 404, 422, 429),
+)
+async def access_log(
+    report_id: str,
+    caller: ReportsRead,
+    limit: Annotated[int, Query(ge=1, le=100)] = 50,
+    cursor: Annotated[str | None, Query(max_length=32)] = None,
+) -> AccessLogPage:
+    """Who read the caller's own report, when, at which level and with which purpose."""
+    state = caller.state
+
+    def work(conn: Connection, principal: Principal, trace: list[audit.Entry]) -> AccessLogPage:
+        records, next_cursor = lifecycle.access_log(
+            conn, state.policy, principal, report_id, limit, cursor, trace
+        )
+        return AccessLogPage(
+            items=[AccessRecordOut.model_validate(r, from_attributes=True) for r in records],
+            next_cursor=next_cursor,
+        )
 
     return await caller.read(work)

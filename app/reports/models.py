@@ -52,16 +52,38 @@ class ReportVersion(Base):
     report_id: Mapped[str] = mapped_column(ForeignKey("reports.id"), primary_key=True)
     version: Mapped[int] = mapped_column(Integer, primary_key=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
-    key_member: Mapped[str] = mapped_column(String(16))
-    key_version: Mapped[int] = mapped_column(Integer)
-    # None once purged: the content below can then never be decrypted again.
-    wrapped_data_key: Mapped[bytes | None] = mapped_column(LargeBinary)
+    # The markings this version was released under (classification, topics, audiences, ...):
+    # the reports row holds only the current ones.
+    markings: Mapped[dict[str, Any]] = mapped_column(JSON)
+    # None once purged (its key is destroyed as well, see ReportKey).
     title_ct: Mapped[bytes | None] = mapped_column(LargeBinary)
     body_ct: Mapped[bytes | None] = mapped_column(LargeBinary)
     summary_ct: Mapped[bytes | None] = mapped_column(LargeBinary)
     entities_ct: Mapped[bytes | None] = mapped_column(LargeBinary)
 
+
+class ReportKey(Base):
+    """One version's data key, wrapped by the originator's member key, apart from its content.
+
+    Kept in a table of its own on purpose: a purge destroys this row's key, and then no copy of
+    the version's ciphertext row — an export, a replica, a cache — can be decrypted with any key
+    the service still holds.
+    """
+
+    __tablename__ = "report_keys"
+
+    report_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    version: Mapped[int] = mapped_column(Integer, primary_key=True)
+    key_member: Mapped[str] = mapped_column(String(16))
+    key_version: Mapped[int] = mapped_column(Integer)
+    # None once destroyed (purge): the version's content can never be decrypted again.
+    wrapped_data_key: Mapped[bytes | None] = mapped_column(LargeBinary)
+    destroyed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
     __table_args__ = (
+        ForeignKeyConstraint(
+            ["report_id", "version"], ["report_versions.report_id", "report_versions.version"]
+        ),
         ForeignKeyConstraint(
             ["key_member", "key_version"], ["member_keys.member_code", "member_keys.version"]
         ),

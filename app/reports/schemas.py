@@ -102,3 +102,48 @@ class ReportPreview(BaseModel):
 class ReportPage(BaseModel):
     items: list[ReportOut]
     next_cursor: str | None
+
+
+class RevokeIn(StrictModel):
+    reason: Annotated[str, StringConstraints(min_length=1, max_length=500)]
+
+
+class Markings(BaseModel):
+    classification: Classification
+    tlp: Tlp
+    orcon: bool
+    topics: list[str]
+    grading: Grading | None
+    releasable_to: list[str]
+    tearline_to: list[str]
+    tearline_classification: TearlineClassification
+
+
+class VersionOut(BaseModel):
+    """One version as its originator submitted it; no content once the report is purged."""
+
+    version: int
+    created_at: datetime
+    markings: Markings
+    title: str | None
+    body: str | None
+    summary: str | None
+    entities: list[EntityOut] | None
+
+
+class VersionList(BaseModel):
+    items: list[VersionOut]
+
+
+class AccessRecordOut(BaseModel):
+    time: datetime
+    member: str | None
+    client: str | None
+    action: str
+    level: str | None
+    purpose: str | None
+
+
+class AccessLogPage(BaseModel):
+    items: list[AccessRecordOut]
+    next_cursor: str | None

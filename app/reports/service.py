@@ -46,7 +46,14 @@ from app.policy.service import (
     ReportFacts,
     audience_of,
 )
-from app.reports.models import IdempotencyKey, Report, ReportAccess, ReportTopic, ReportVersion
+from app.reports.models import (
+    IdempotencyKey,
+    Report,
+    ReportAccess,
+    ReportKey,
+    ReportTopic,
+    ReportVersion,
+)
 from app.reports.schemas import ReportIn
 
 CONTENT_FIELDS = ("title", "body", "summary", "entities")
@@ -55,6 +62,7 @@ CONTENT_FIELDS = ("title", "body", "summary", "entities")
 # and identity map cost more than the whole query on these single-row, read-once paths.
 _reports = cast(Table, Report.__table__)
 _versions = cast(Table, ReportVersion.__table__)
+_keys = cast(Table, ReportKey.__table__)
 _access = cast(Table, ReportAccess.__table__)
 _topics = cast(Table, ReportTopic.__table__)
 _idempotency = cast(Table, IdempotencyKey.__table__)
@@ -113,7 +121,7 @@ class ListFilters:
     updated_since: datetime | None = None
 
 
-def _validate_codes(state: PolicyState, payload: ReportIn) -> None:
+def validate_codes(state: PolicyState, payload: ReportIn) -> None:
     bundle = state.bundle
     errors: list[dict[str, Any]] = []
     for i, topic in enumerate(payload.topics):
@@ -142,7 +150,7 @@ def _validate_codes(state: PolicyState, payload: ReportIn) -> None:
         raise Unprocessable("The report refers to unknown codes.", errors)
 
 
-def _new_report(report_id: str, originator: str, payload: ReportIn) -> StoredReport:
+def new_report(report_id: str, originator: str, payload: ReportIn) -> StoredReport:
     now = utcnow()
     return StoredReport(
         id=report_id,
@@ -173,9 +181,9 @@ def preview(
     session: Session, state: PolicyState, principal: Principal, payload: ReportIn
 ) -> Audience:
     """Validate a report and compute its audience without storing anything but the audit entry."""
-    _validate_codes(state, payload)
+    validate_codes(state, payload)
     # A transient row, never added to the session: the same facts a submission would have.
-    decisions = state.decide(_facts_of(_new_report("preview", principal.member, payload)))
+    decisions = state.decide(facts_of(new_report("preview", principal.member, payload)))
     audit.record(
         session,
         principal.actor,
@@ -203,7 +211,7 @@ def create(
     idempotency_key: str | None,
 ) -> tuple[ReportView, bool]:
     """Store a new report with its decisions; returns the view and whether it was a replay."""
-    _validate_codes(state, payload)
+    validate_codes(state, payload)
     digest = request_hash(payload)
     if idempotency_key is not None:
         replay = _replay(session, state, envelope, principal, idempotency_key, digest)
@@ -211,36 +219,13 @@ def create(
             return replay, True
 
     report_id = str(uuid.uuid4())
-    originator = principal.member
     bundle = state.bundle
-    report = _new_report(report_id, originator, payload)
+    report = new_report(report_id, principal.member, payload)
     now = report.created_at
-    decisions = state.decide(_facts_of(report))
-    data_key = envelope.new_data_key(session.connection(), report_id, 1, originator)
-    entities = [e.model_dump(exclude_none=True) for e in payload.entities]
-
-    def seal(field: str, value: str | None) -> bytes | None:
-        return _encrypt(data_key.key, report_id, 1, originator, field, value)
-
+    decisions = state.decide(facts_of(report))
     conn = session.connection()
     conn.execute(_reports.insert(), [dataclasses.asdict(report)])
-    conn.execute(
-        _versions.insert(),
-        [
-            {
-                "report_id": report_id,
-                "version": 1,
-                "created_at": now,
-                "key_member": data_key.member,
-                "key_version": data_key.member_key_version,
-                "wrapped_data_key": data_key.wrapped,
-                "title_ct": seal("title", payload.title),
-                "body_ct": seal("body", payload.body),
-                "summary_ct": seal("summary", payload.summary),
-                "entities_ct": seal("entities", json.dumps(entities, ensure_ascii=False)),
-            }
-        ],
-    )
+    entities = seal_version(conn, envelope, report, payload)
     conn.execute(_topics.insert(), [{"report_id": report_id, "topic": t} for t in payload.topics])
     _store_decisions(session, report_id, decisions, now)
     if idempotency_key is not None:
@@ -256,7 +241,17 @@ def create(
             policy_hash=bundle.hash,
         ),
     )
-    view = ReportView(
+    return originator_view(report, payload, entities, decisions), False
+
+
+def originator_view(
+    report: StoredReport,
+    payload: ReportIn,
+    entities: list[dict[str, Any]],
+    decisions: dict[str, Decision],
+) -> ReportView:
+    """What the originator is shown right after writing `payload`: all of it, and its audience."""
+    return ReportView(
         report=report,
         level="full",
         title=payload.title,
@@ -265,7 +260,75 @@ def create(
         entities=entities,
         audience=audience_of(decisions.values()),
     )
-    return view, False
+
+
+MARKINGS = (
+    "classification",
+    "tlp",
+    "orcon",
+    "topics",
+    "grading",
+    "releasable_to",
+    "tearline_to",
+    "tearline_classification",
+)
+
+
+def markings_of(report: StoredReport) -> dict[str, Any]:
+    """The markings a version is released under, as stored with it."""
+    return {name: getattr(report, name) for name in MARKINGS}
+
+
+def seal_version(
+    conn: Connection, envelope: Envelope, report: StoredReport, payload: ReportIn
+) -> list[dict[str, Any]]:
+    """Store `payload`'s content as version `report.version`, under a data key of its own.
+
+    Returns the entities as stored (for the response).
+    """
+    report_id, version, originator = report.id, report.version, report.originator
+    data_key = envelope.new_data_key(conn, report_id, version, originator)
+    entities = [e.model_dump(exclude_none=True) for e in payload.entities]
+
+    def seal(field: str, value: str | None) -> bytes | None:
+        return _encrypt(data_key.key, report_id, version, originator, field, value)
+
+    conn.execute(
+        _versions.insert(),
+        [
+            {
+                "report_id": report_id,
+                "version": version,
+                "created_at": report.updated_at,
+                "markings": markings_of(report),
+                "title_ct": seal("title", payload.title),
+                "body_ct": seal("body", payload.body),
+                "summary_ct": seal("summary", payload.summary),
+                "entities_ct": seal("entities", json.dumps(entities, ensure_ascii=False)),
+            }
+        ],
+    )
+    conn.execute(
+        _keys.insert(),
+        [
+            {
+                "report_id": report_id,
+                "version": version,
+                "key_member": data_key.member,
+                "key_version": data_key.member_key_version,
+                "wrapped_data_key": data_key.wrapped,
+            }
+        ],
+    )
+    return entities
+
+
+def decide_again(session: Session, state: PolicyState, report: StoredReport) -> dict[str, Decision]:
+    """Replace a report's stored decisions by those the bundle in force makes for it now."""
+    decisions = state.decide(facts_of(report))
+    session.connection().execute(delete(_access).where(_access.c.report_id == report.id))
+    _store_decisions(session, report.id, decisions, report.updated_at)
+    return decisions
 
 
 def _store_decisions(
@@ -362,7 +425,7 @@ def _replay(
             keep(session, principal.actor, entry)
 
 
-def _is_report_id(value: str) -> bool:
+def is_report_id(value: str) -> bool:
     try:
         return str(uuid.UUID(value)) == value
     except ValueError:
@@ -370,8 +433,8 @@ def _is_report_id(value: str) -> bool:
 
 
 _CIPHER_COLUMNS = (
-    _versions.c.key_version,
-    _versions.c.wrapped_data_key,
+    _keys.c.key_version,
+    _keys.c.wrapped_data_key,
     _versions.c.title_ct,
     _versions.c.summary_ct,
 )
@@ -403,6 +466,10 @@ def _readable(*, with_body: bool) -> Select[Any]:
         .join(
             _versions,
             and_(_versions.c.report_id == _reports.c.id, _versions.c.version == _reports.c.version),
+        )
+        .join(
+            _keys,
+            and_(_keys.c.report_id == _reports.c.id, _keys.c.version == _reports.c.version),
         )
         # Stored decisions already hide withdrawn reports; this is the second lock on that door.
         .where(or_(_reports.c.status == "active", _reports.c.originator == member))
@@ -452,6 +519,9 @@ def _decrypt(
 
 def _view(envelope: Envelope, conn: Connection, row: Row[Any], *, with_body: bool) -> ReportView:
     level: str = row._mapping["level"]
+    if row._mapping["status"] == "purged":
+        # A tombstone: its keys are destroyed, there is nothing left to decrypt.
+        return ReportView(report=StoredReport.from_row(row), level=level)
     fields: tuple[str, ...]
     if level == "full":
         fields = CONTENT_FIELDS if with_body else ("title", "summary")
@@ -470,7 +540,7 @@ def _view(envelope: Envelope, conn: Connection, row: Row[Any], *, with_body: boo
     )
 
 
-def _stored_audience(conn: Connection, report_id: str) -> Audience:
+def stored_audience(conn: Connection, report_id: str) -> Audience:
     rows = conn.execute(_AUDIENCE, {"report_id": report_id}).all()
     return Audience(
         full=tuple(sorted(m for m, lvl in rows if lvl == "full")),
@@ -510,7 +580,7 @@ def read(
     # Report ids are canonical UUIDs; anything else is absent without asking the database
     # (PostgreSQL refuses a NUL in a string outright, which would be a 500, not a 404).
     params = {"member": principal.member, "policy_hash": bundle_hash, "report_id": report_id}
-    row = conn.execute(_READ_ONE, params).first() if _is_report_id(report_id) else None
+    row = conn.execute(_READ_ONE, params).first() if is_report_id(report_id) else None
     if row is None:
         traced("deny", f"report:{report_id[:64]}", "level:none")
         raise NotFound
@@ -523,7 +593,7 @@ def read(
         raise
     report = view.report
     if report.originator == principal.member:
-        view = dataclasses.replace(view, audience=_stored_audience(conn, report.id))
+        view = dataclasses.replace(view, audience=stored_audience(conn, report.id))
     traced("allow", f"report:{report.id}", f"level:{level}", f"version:{report.version}")
     return view
 
@@ -632,7 +702,7 @@ def list_readable(
     return views, next_cursor
 
 
-def _facts_of(report: StoredReport) -> ReportFacts:
+def facts_of(report: StoredReport) -> ReportFacts:
     return ReportFacts(
         id=report.id,
         originator=report.originator,
@@ -648,7 +718,9 @@ def _facts_of(report: StoredReport) -> ReportFacts:
     )
 
 
-def redecide_stale(session: Session, state: PolicyState, batch: int = 500) -> int:
+def redecide_stale(
+    session: Session, state: PolicyState, batch: int = 500, *, once: bool = False
+) -> int:
     """Decide again every report whose stored decisions were made under another bundle.
 
     Until this has run, reads of such reports find no decision under the bundle in force and
@@ -670,8 +742,7 @@ def redecide_stale(session: Session, state: PolicyState, batch: int = 500) -> in
             return done
         conn = session.connection()
         for row in conn.execute(select(*REPORT_COLUMNS).where(_reports.c.id.in_(ids))):
-            report = StoredReport.from_row(row)
-            decisions = state.decide(_facts_of(report))
-            conn.execute(delete(_access).where(_access.c.report_id == report.id))
-            _store_decisions(session, report.id, decisions, report.updated_at)
+            decide_again(session, state, StoredReport.from_row(row))
         done += len(ids)
+        if once:
+            return done

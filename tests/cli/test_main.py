@@ -9,13 +9,15 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import create_engine, select
 from typer.testing import CliRunner
 
+from app.audit.models import AuditEntry
 from app.cli.main import app as cli
 from app.config import PROJECT_ROOT, Settings, get_settings
 from app.kit.jwt import SigningKey
 from app.main import create_app
-from tests.conftest import drop_database, new_database_url
+from tests.conftest import drop_database, make_world, new_database_url
 
 
 @pytest.fixture
@@ -180,6 +182,75 @@ class TestPolicyAndMembers:
         assert len(lines) == 32
         assert any(line.startswith("SAU\tstate\tchair\tSECRET\tactive") for line in lines)
         assert any(line.startswith("INTERPOL\tbody\tmember\tRESTRICTED") for line in lines)
+
+
+class TestPolicyExplain:
+    SAU_RULE = "SAU.donations-full-only-to-chairs-and-fatf"
+
+    @pytest.fixture
+    def report_id(self, env: dict[str, str], tmp_path: Path) -> str:
+        """A Saudi report on donations, released to ALL, stored in the CLI's database."""
+        world = make_world(tmp_path / "world", database_url=env["TEARLINE_DATABASE_URL"])
+        try:
+            created = world.submit("SAU", topics=["REV.DON"], releasable_to=["ALL"])
+        finally:
+            world.close()
+        report_id: str = created["id"]
+        return report_id
+
+    def test_explain_prints_the_level_and_the_policies_that_decided_it(
+        self, env: dict[str, str], report_id: str
+    ) -> None:
+        code, output = run(env, "policy", "explain", "DEU", report_id)
+        assert code == 0, output
+        lines = output.strip().splitlines()
+        assert lines[:2] == ["level: tearline", f"decided by: base.tearline, {self.SAU_RULE}"]
+        assert lines[2].startswith("policy bundle: ")
+
+    def test_explain_shows_the_exempted_member_keeps_full(
+        self, env: dict[str, str], report_id: str
+    ) -> None:
+        code, output = run(env, "policy", "explain", "ITA", report_id)
+        assert code == 0, output
+        assert "level: full\ndecided by: base.releasable\n" in output
+
+    def test_explain_is_audited_as_the_operator(self, env: dict[str, str], report_id: str) -> None:
+        assert run(env, "policy", "explain", "FATF", report_id)[0] == 0
+        engine = create_engine(env["TEARLINE_DATABASE_URL"])
+        try:
+            with engine.connect() as conn:
+                rows = conn.execute(
+                    select(AuditEntry.client, AuditEntry.target, AuditEntry.reasons).where(
+                        AuditEntry.action == "policy.explain"
+                    )
+                ).all()
+        finally:
+            engine.dispose()
+        assert [tuple(row) for row in rows] == [
+            ("operator", f"report:{report_id}", ["member:FATF", "level:tearline"])
+        ]
+
+    def test_unknown_member_is_refused_with_a_non_zero_exit(
+        self, env: dict[str, str], report_id: str
+    ) -> None:
+        code, output = run(env, "policy", "explain", "NOR", report_id)
+        assert code == 1
+        assert "unknown member 'NOR'" in output
+
+    @pytest.mark.parametrize("missing", ["00000000-0000-4000-8000-000000000000", "not-an-id"])
+    def test_unknown_report_is_refused_with_a_non_zero_exit(
+        self, env: dict[str, str], report_id: str, missing: str
+    ) -> None:
+        code, output = run(env, "policy", "explain", "DEU", missing)
+        assert code == 1
+        assert f"no report '{missing}'" in output
+
+    def test_database_without_schema_is_refused_with_a_non_zero_exit(
+        self, env: dict[str, str]
+    ) -> None:
+        code, output = run(env, "policy", "explain", "DEU", "00000000-0000-4000-8000-000000000000")
+        assert code == 1
+        assert "cannot read the database" in output
 
 
 class TestKeysInit:

@@ -3,6 +3,7 @@ property test against a plain-Python reading of product.md's access rules."""
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -223,6 +224,15 @@ class TestCountryPolicies:
         assert set(levels(engine, facts(originator="FRA")).values()) == {Level.FULL, Level.HIT}
         assert set(levels(engine, facts(originator="ITA")).values()) == {Level.NONE, Level.FULL}
 
+    def test_a_country_rule_never_takes_full_from_the_originator_itself(
+        self, tmp_path: Path
+    ) -> None:
+        everything = '@id("ITA.nothing-for-anyone")\nforbid (principal, action, resource);\n'
+        engine = PolicyEngine(make_bundle(tmp_path, countries={"ITA": everything}))
+        decisions = levels(engine, facts(originator="ITA"))
+        assert decisions.pop("ITA") is Level.FULL
+        assert set(decisions.values()) == {Level.NONE}
+
 
 class TestDecide:
     def test_decides_every_roster_member(self, engine: PolicyEngine) -> None:
@@ -331,34 +341,64 @@ class TestFailClosed:
             engine.decide(facts(id="y", topics=["CTR.PPP"]))
 
 
-def reference_level(member: Member, report: ReportFacts) -> Level:  # noqa: PLR0911 - a return per rule
-    """product.md "Access model" rules 1-6 read literally; a suspended member gets nothing."""
+def reference_level(member: Member, report: ReportFacts) -> Level:
+    """product.md "Access model" rules 1-6 read literally, narrowed by the shipped country files
+    read literally; a suspended member gets nothing."""
+    permitted = _base_permits(member, report) - _country_forbids(member, report)
+    return max(permitted, key=lambda level: level.rank, default=Level.NONE)
+
+
+def _base_permits(member: Member, report: ReportFacts) -> set[Level]:
+    """The levels the base rules permit; like Cedar, a level is permitted on its own terms."""
     if not member.active:
-        return Level.NONE
+        return set()
     if member.code == report.originator:
-        return Level.FULL
+        return {Level.FULL, Level.TEARLINE, Level.HIT}
     if report.status in ("revoked", "purged"):
-        return Level.NONE
+        return set()
     audience = {member.code, "ALL", "STATES" if member.kind == "state" else "BODIES"}
     if "chair" in member.roles:
         audience.add("CHAIRS")
     cleared = member.clearance >= report.classification
+    permitted = {Level.HIT}
     if audience & report.releasable_to and cleared and member.mandate & report.topics:
-        return Level.FULL
+        permitted.add(Level.FULL)
     if member.code in report.granted and cleared:
-        return Level.FULL
+        permitted.add(Level.FULL)
     if (
         report.has_summary
         and audience & report.tearline_to
         and member.clearance >= report.tearline_classification
     ):
-        return Level.TEARLINE
-    return Level.HIT
+        permitted.add(Level.TEARLINE)
+    return permitted
+
+
+def _country_forbids(member: Member, report: ReportFacts) -> set[Level]:
+    """policies/countries/*.cedar, each on its own originator's reports only."""
+    if (
+        report.originator == "SAU"
+        and "REV.DON" in report.topics
+        and "chair" not in member.roles
+        and member.code != "FATF"
+    ):
+        return {Level.FULL}
+    if report.originator == "USA" and "CTR.LE" in report.topics and member.kind == "body":
+        return {Level.FULL, Level.TEARLINE, Level.HIT}
+    if (
+        report.originator == "IRQ"
+        and report.classification >= Classification.SECRET
+        and "USE.OPS" in report.topics
+    ):
+        return {Level.TEARLINE}
+    return set()
 
 
 _SHIPPED = load_bundle(SHIPPED)
 _CODES = sorted(_SHIPPED.members)
 _AUDIENCE = st.frozensets(st.sampled_from([*GROUPS, *_CODES]), max_size=4)
+# The topic each shipped country file restricts on its own reports.
+_COUNTRY_TOPICS = {"SAU": "REV.DON", "USA": "CTR.LE", "IRQ": "USE.OPS"}
 
 
 @st.composite
@@ -379,10 +419,36 @@ def report_facts(draw: st.DrawFn) -> ReportFacts:
     )
 
 
+@st.composite
+def country_report_facts(draw: st.DrawFn) -> ReportFacts:
+    """An active report of a country with a shipped file, on the topic that file restricts and
+    with audiences to restrict: uniform draws would rarely meet one."""
+    report = draw(report_facts())
+    originator = draw(st.sampled_from(sorted(_COUNTRY_TOPICS)))
+    audience = st.frozensets(st.sampled_from([*GROUPS, *_CODES]), min_size=1, max_size=4)
+    return dataclasses.replace(
+        report,
+        originator=originator,
+        status="active",
+        topics=report.topics | {_COUNTRY_TOPICS[originator]},
+        releasable_to=draw(audience),
+        tearline_to=draw(audience),
+    )
+
+
 class TestAgainstReferenceModel:
     @settings(max_examples=150, deadline=None)
     @given(report=report_facts())
     def test_engine_agrees_with_the_written_rules(
+        self, engine: PolicyEngine, report: ReportFacts
+    ) -> None:
+        for code, decision in engine.decide(report).items():
+            expected = reference_level(engine.bundle.members[code], report)
+            assert decision.level is expected, f"{code}: {decision}"
+
+    @settings(max_examples=150, deadline=None)
+    @given(report=country_report_facts())
+    def test_engine_agrees_with_the_written_rules_on_reports_country_files_restrict(
         self, engine: PolicyEngine, report: ReportFacts
     ) -> None:
         for code, decision in engine.decide(report).items():

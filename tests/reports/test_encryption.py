@@ -9,6 +9,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -19,7 +20,7 @@ from sqlalchemy import inspect, select, text, update
 from app.db import transaction
 from app.keys.service import field_aad
 from app.kit.crypto import CorruptionError
-from app.reports.models import ReportVersion
+from app.reports.models import ReportKey, ReportVersion
 from tests.conftest import World, drop_database, make_world, report_body
 
 PROBLEM = "application/problem+json"
@@ -67,20 +68,34 @@ def as_bytes(value: Any) -> bytes:
     return str(value).encode("utf-8", "surrogatepass")
 
 
-def stored_version(world: World, report_id: str) -> ReportVersion:
+KEY_COLUMNS = ("key_member", "key_version", "wrapped_data_key")
+
+
+def stored_version(world: World, report_id: str) -> SimpleNamespace:
+    """A report's one version as stored: its ciphertext row and its key row, side by side."""
     with transaction(world.state.sessionmaker) as session:
-        row = session.scalars(
+        version = session.scalars(
             select(ReportVersion).where(ReportVersion.report_id == report_id)
         ).one()
-        session.expunge(row)
-        return row
+        key = session.scalars(select(ReportKey).where(ReportKey.report_id == report_id)).one()
+        fields = {c: getattr(version, c) for c in ReportVersion.__table__.columns.keys()}  # noqa: SIM118 - names, not columns
+        fields |= {c: getattr(key, c) for c in KEY_COLUMNS}
+    return SimpleNamespace(**fields)
 
 
 def rewrite(world: World, report_id: str, **values: Any) -> None:
+    """Overwrite stored columns of a report's version (content or key) behind the service's back."""
+    keys = {c: v for c, v in values.items() if c in KEY_COLUMNS}
+    content = {c: v for c, v in values.items() if c not in KEY_COLUMNS}
     with transaction(world.state.sessionmaker) as session:
-        session.execute(
-            update(ReportVersion).where(ReportVersion.report_id == report_id).values(**values)
-        )
+        if content:
+            session.execute(
+                update(ReportVersion).where(ReportVersion.report_id == report_id).values(**content)
+            )
+        if keys:
+            session.execute(
+                update(ReportKey).where(ReportKey.report_id == report_id).values(**keys)
+            )
 
 
 def flip_bit(blob: bytes, position: int) -> bytes:

@@ -1,0 +1,403 @@
+"""A report after submission: new versions, revocation, purge, and what its originator can review.
+
+Every action here belongs to the originator alone. Another member gets the answer `read` would
+give it for the same id: 404 when it cannot read the report (deny looks like absence), 403 when it
+can. Each action, and each refusal, is audited.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, cast
+
+from sqlalchemy import Connection, Table, and_, bindparam, delete, select, update
+from sqlalchemy.orm import Session
+
+from app.audit import service as audit
+from app.audit.models import AuditEntry
+from app.auth.service import Principal
+from app.db import utcnow
+from app.errors import (
+    Conflict,
+    Forbidden,
+    NotFound,
+    PreconditionFailed,
+    PreconditionRequired,
+    Unprocessable,
+)
+from app.keys.service import Envelope, field_aad
+from app.kit import crypto
+from app.policy.service import PolicyState
+from app.reports import service
+from app.reports.models import Report, ReportKey, ReportTopic, ReportVersion
+from app.reports.schemas import ReportIn
+from app.reports.service import REPORT_COLUMNS, ReportView, StoredReport
+
+_reports = cast(Table, Report.__table__)
+_versions = cast(Table, ReportVersion.__table__)
+_keys = cast(Table, ReportKey.__table__)
+_topics = cast(Table, ReportTopic.__table__)
+_entries = cast(Table, AuditEntry.__table__)
+
+# Reads of a report that its access log shows (the originator's own included).
+READ_ACTIONS = ("report.read", "report.list_item", "report.create.replay")
+
+_REPORT = select(*REPORT_COLUMNS).where(_reports.c.id == bindparam("report_id"))
+_ETAG = re.compile(r'^(?:W/)?"(\d{1,9})"$')
+
+
+class NotOriginator(Exception):
+    """The caller may not act on this report; `error` is what it must be told."""
+
+    def __init__(self, error: NotFound | Forbidden, reason: str) -> None:
+        super().__init__(reason)
+        self.error = error
+        self.reason = reason
+
+
+def etag(version: int) -> str:
+    """The entity tag of a report version, for `ETag` and `If-Match`."""
+    return f'"{version}"'
+
+
+def locate_own(
+    conn: Connection, state: PolicyState, principal: Principal, report_id: str
+) -> StoredReport:
+    """The caller's own report, or NotOriginator carrying 404 or 403 as api.md prescribes."""
+    row = (
+        conn.execute(_REPORT, {"report_id": report_id}).first()
+        if (service.is_report_id(report_id))
+        else None
+    )
+    if row is not None and row.originator == principal.member:
+        return StoredReport.from_row(row)
+    if row is None or not _readable(conn, state, principal.member, report_id):
+        raise NotOriginator(NotFound(), "level:none")
+    raise NotOriginator(Forbidden("Only the originator of a report may do this."), "not_originator")
+
+
+def _readable(conn: Connection, state: PolicyState, member: str, report_id: str) -> bool:
+    statement = service.readable_statement(member, state.bundle.hash).where(
+        _reports.c.id == report_id
+    )
+    return conn.execute(statement).first() is not None
+
+
+def _own_for_change(
+    session: Session, state: PolicyState, principal: Principal, report_id: str, action: str
+) -> StoredReport:
+    """locate_own for a change, the refusal audited so it survives the rollback."""
+    try:
+        return locate_own(session.connection(), state, principal, report_id)
+    except NotOriginator as refused:
+        _refuse(session, state, principal, action, report_id, refused.reason)
+        raise refused.error from None
+
+
+def _refuse(
+    session: Session,
+    state: PolicyState,
+    principal: Principal,
+    action: str,
+    report_id: str,
+    *reasons: str,
+) -> None:
+    entry = _entry(state, action, "deny", report_id[:64], *reasons)
+    audit.record_refusal(session, principal.actor, entry)
+
+
+def _record(
+    session: Session,
+    state: PolicyState,
+    principal: Principal,
+    action: str,
+    report_id: str,
+    *reasons: str,
+) -> None:
+    audit.record(session, principal.actor, _entry(state, action, "allow", report_id, *reasons))
+
+
+def _originator_view(
+    conn: Connection, state: PolicyState, envelope: Envelope, principal: Principal, report_id: str
+) -> ReportView:
+    # The originator's own view right after its change; the change's entry is its trace.
+    return service.read(conn, state, envelope, principal, report_id, [], purpose=None)
+
+
+def update_report(
+    session: Session,
+    state: PolicyState,
+    envelope: Envelope,
+    principal: Principal,
+    report_id: str,
+    payload: ReportIn,
+    if_match: str | None,
+) -> ReportView:
+    """Replace content and markings as version n+1, under a fresh data key; decide again."""
+    action = "report.update"
+    current = _own_for_change(session, state, principal, report_id, action)
+    if if_match is None:
+        _refuse(session, state, principal, action, report_id, "if_match_missing")
+        raise PreconditionRequired('Send If-Match: "<version>" with the version you changed.')
+    if current.status != "active":
+        _refuse(session, state, principal, action, report_id, f"status:{current.status}")
+        raise Conflict(f"A {current.status} report cannot be changed.")
+    matched = _ETAG.match(if_match.strip())
+    if matched is None or int(matched.group(1)) != current.version:
+        _refuse(session, state, principal, action, report_id, "stale", f"version:{current.version}")
+        raise PreconditionFailed(
+            f"The report is at version {current.version}; fetch it and apply your change again."
+        )
+    service.validate_codes(state, payload)
+    now = utcnow()
+    report = dataclasses.replace(
+        service.new_report(report_id, principal.member, payload),
+        version=current.version + 1,
+        created_at=current.created_at,
+        updated_at=now,
+    )
+    conn = session.connection()
+    changed = {k: v for k, v in dataclasses.asdict(report).items() if k not in ("id", "created_at")}
+    moved = conn.execute(
+        update(_reports)
+        # The version in the condition lets exactly one of two concurrent updates through.
+        .where(_reports.c.id == report_id, _reports.c.version == current.version)
+        .values(**changed)
+    )
+    if moved.rowcount != 1:
+        _refuse(session, state, principal, action, report_id, "stale", "concurrent")
+        raise PreconditionFailed(
+            "The report changed meanwhile; fetch it and apply your change again."
+        )
+    entities = service.seal_version(conn, envelope, report, payload)
+    conn.execute(delete(_topics).where(_topics.c.report_id == report_id))
+    conn.execute(_topics.insert(), [{"report_id": report_id, "topic": t} for t in payload.topics])
+    decisions = service.decide_again(session, state, report)
+    _record(session, state, principal, action, report_id, f"version:{report.version}")
+    return service.originator_view(report, payload, entities, decisions)
+
+
+def revoke_report(
+    session: Session,
+    state: PolicyState,
+    envelope: Envelope,
+    principal: Principal,
+    report_id: str,
+    reason: str,
+) -> ReportView:
+    """Withdraw a report from everyone but its originator, at once; idempotent."""
+    action = "report.revoke"
+    current = _own_for_change(session, state, principal, report_id, action)
+    if current.status == "purged":
+        _refuse(session, state, principal, action, report_id, "status:purged")
+        raise Conflict("A purged report cannot be revoked.")
+    if current.status == "active":
+        revoked = dataclasses.replace(current, status="revoked", updated_at=utcnow())
+        _set_status(session, revoked)
+        service.decide_again(session, state, revoked)
+    _record(
+        session,
+        state,
+        principal,
+        action,
+        report_id,
+        f"status:{current.status}",
+        f"reason:{reason}",
+    )
+    return _originator_view(session.connection(), state, envelope, principal, report_id)
+
+
+def purge_report(
+    session: Session, state: PolicyState, principal: Principal, report_id: str
+) -> None:
+    """Crypto-shred every version (data keys and ciphertexts gone) and keep a tombstone."""
+    action = "report.purge"
+    current = _own_for_change(session, state, principal, report_id, action)
+    conn = session.connection()
+    if current.status != "purged":
+        # Without its data key a version cannot be decrypted by anyone, whatever copies of its
+        # ciphertext row exist (the key lives in a table of its own). The ciphertext goes too:
+        # it is of no use any more.
+        now = utcnow()
+        shredded = conn.execute(
+            update(_keys)
+            .where(_keys.c.report_id == report_id)
+            .values(wrapped_data_key=None, destroyed_at=now)
+        )
+        conn.execute(
+            update(_versions)
+            .where(_versions.c.report_id == report_id)
+            .values(title_ct=None, body_ct=None, summary_ct=None, entities_ct=None)
+        )
+        purged = dataclasses.replace(current, status="purged", updated_at=now)
+        _set_status(session, purged)
+        service.decide_again(session, state, purged)
+        _record(session, state, principal, action, report_id, f"versions:{shredded.rowcount}")
+    else:
+        _record(session, state, principal, action, report_id, "already_purged")
+
+
+def _set_status(session: Session, report: StoredReport) -> None:
+    session.connection().execute(
+        update(_reports)
+        .where(_reports.c.id == report.id)
+        .values(status=report.status, updated_at=report.updated_at)
+    )
+
+
+@dataclass(frozen=True)
+class VersionView:
+    version: int
+    created_at: datetime
+    markings: dict[str, Any]
+    title: str | None
+    body: str | None
+    summary: str | None
+    entities: list[dict[str, Any]] | None
+
+
+_VERSIONS = (
+    select(_versions, _keys.c.key_version, _keys.c.wrapped_data_key)
+    .join(
+        _keys,
+        and_(_keys.c.report_id == _versions.c.report_id, _keys.c.version == _versions.c.version),
+    )
+    .where(_versions.c.report_id == bindparam("report_id"))
+    .order_by(_versions.c.version.desc())
+)
+
+
+def list_versions(
+    conn: Connection,
+    state: PolicyState,
+    envelope: Envelope,
+    principal: Principal,
+    report_id: str,
+    trace: list[audit.Entry],
+) -> list[VersionView]:
+    """Every version of the caller's own report, newest first, decrypted (none once purged)."""
+    action = "report.versions"
+    report = _own_for_reading(conn, state, principal, report_id, action, trace)
+    views = []
+    for row in conn.execute(_VERSIONS, {"report_id": report_id}):
+        m = row._mapping
+        plain: dict[str, str | None] = dict.fromkeys(service.CONTENT_FIELDS)
+        if m["wrapped_data_key"] is not None:
+            key = envelope.open_data_key(
+                conn,
+                report_id=report_id,
+                version=m["version"],
+                originator=report.originator,
+                member_key_version=m["key_version"],
+                wrapped=m["wrapped_data_key"],
+            )
+            for name in service.CONTENT_FIELDS:
+                blob = m[f"{name}_ct"]
+                if blob is not None:
+                    aad = field_aad(report_id, m["version"], report.originator, name)
+                    plain[name] = crypto.aead_decrypt(key, blob, aad).decode()
+        entities = plain["entities"]
+        views.append(
+            VersionView(
+                version=m["version"],
+                created_at=m["created_at"],
+                markings=m["markings"],
+                title=plain["title"],
+                body=plain["body"],
+                summary=plain["summary"],
+                entities=json.loads(entities) if entities is not None else None,
+            )
+        )
+    trace.append(_entry(state, action, "allow", report_id, f"versions:{len(views)}"))
+    return views
+
+
+def _own_for_reading(
+    conn: Connection,
+    state: PolicyState,
+    principal: Principal,
+    report_id: str,
+    action: str,
+    trace: list[audit.Entry],
+) -> StoredReport:
+    try:
+        return locate_own(conn, state, principal, report_id)
+    except NotOriginator as refused:
+        trace.append(_entry(state, action, "deny", report_id[:64], refused.reason))
+        raise refused.error from None
+
+
+def _entry(
+    state: PolicyState, action: str, decision: str, report_id: str, *reasons: str
+) -> audit.Entry:
+    return audit.Entry(
+        action=action,
+        decision=decision,
+        target=f"report:{report_id}",
+        reasons=reasons,
+        policy_hash=state.bundle.hash,
+    )
+
+
+@dataclass(frozen=True)
+class AccessRecord:
+    id: int
+    time: datetime
+    member: str | None
+    client: str | None
+    action: str
+    level: str | None
+    purpose: str | None
+
+
+def access_log(
+    conn: Connection,
+    state: PolicyState,
+    principal: Principal,
+    report_id: str,
+    limit: int,
+    cursor: str | None,
+    trace: list[audit.Entry],
+) -> tuple[list[AccessRecord], str | None]:
+    """Who read the caller's report, newest first: member, client, time, level and purpose."""
+    action = "report.access_log"
+    _own_for_reading(conn, state, principal, report_id, action, trace)
+    statement = (
+        select(_entries)
+        .where(
+            and_(
+                _entries.c.target == f"report:{report_id}",
+                _entries.c.action.in_(READ_ACTIONS),
+                _entries.c.decision == "allow",
+            )
+        )
+        .order_by(_entries.c.id.desc())
+        .limit(limit + 1)
+    )
+    if cursor is not None:
+        if not cursor.isdigit() or len(cursor) > 18:
+            raise Unprocessable(
+                "The cursor is not valid.",
+                [{"loc": ["query", "cursor"], "msg": "invalid cursor", "type": "cursor"}],
+            )
+        statement = statement.where(_entries.c.id < int(cursor))
+    rows = conn.execute(statement).all()
+    records = [
+        AccessRecord(
+            id=row.id,
+            time=row.time,
+            member=row.actor,
+            client=row.client,
+            action=row.action,
+            level=next((r[6:] for r in row.reasons if r.startswith("level:")), None),
+            purpose=row.purpose,
+        )
+        for row in rows[:limit]
+    ]
+    next_cursor = str(records[-1].id) if len(rows) > limit else None
+    trace.append(_entry(state, action, "allow", report_id, f"items:{len(records)}"))
+    return records, next_cursor
