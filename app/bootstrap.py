@@ -95,5 +95,13 @@ def prepare_database(state: AppState) -> None:
         session.flush()  # members must exist before their keys reference them
         for code in state.policy.bundle.members:
             state.envelope.ensure_member_key(session, code)
+    # In batches, one transaction each: a large database after a bundle change must not be
+    # re-decided in one huge transaction.
     with transaction(state.sessionmaker) as session:
-        reports_service.redecide_stale(session, state.policy)
+        stale = reports_service.any_stale(session, state.policy)
+    after: str | None = None
+    while stale:
+        with transaction(state.sessionmaker) as session:
+            decided = reports_service.redecide_batch(session, state.policy, after)
+        stale = bool(decided)
+        after = decided[-1] if decided else None

@@ -9,13 +9,15 @@ The order is what keeps need-to-know intact:
 3. The bundle is swapped in. From that instant reads only count decisions stored under the new
    bundle's hash (`reports.service.readable_statement`): a report not yet decided again is hidden
    (fail closed), never served under the old decision.
-4. A background task decides every report again, in short batches, until nothing stale is left.
+4. A background task decides every report again, in short batches in report id order, until
+   nothing stale is left.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +31,7 @@ from app.members import service as members_service
 from app.policy.bundle import PolicyBundle, PolicyError, load_bundle
 from app.policy.engine import PolicyEngine
 from app.policy.service import PolicyState
-from app.reports.service import redecide_stale
+from app.reports.service import redecide_batch
 
 log = logging.getLogger("tearline.policy")
 
@@ -69,7 +71,7 @@ class Redecider:
         self._policy = policy
         self._task: asyncio.Task[None] | None = None
         self._again = False
-        self.decided = 0
+        self.batches = 0
 
     def kick(self) -> None:
         """Make sure a pass starts after this call (a new one, or the running one goes round)."""
@@ -95,19 +97,20 @@ class Redecider:
     async def _run(self) -> None:
         while True:
             self._again = False
+            after: str | None = None
             while True:
-                done = await self._db.run(
-                    lambda session: redecide_stale(session, self._policy, REDECIDE_BATCH, once=True)
-                )
-                if done:
-                    log.info(
-                        "decided %d reports again under %s", done, self._policy.bundle.hash[:12]
+                decided = await self._db.run(
+                    functools.partial(
+                        redecide_batch, state=self._policy, after=after, batch=REDECIDE_BATCH
                     )
-                self.decided += done
-                if done == 0:
+                )
+                if not decided:
                     break
+                after = decided[-1]
+                self.batches += 1
                 # Let requests in between batches.
                 await asyncio.sleep(0)
+            log.info("re-decision pass done (%d batches so far)", self.batches)
             if not self._again:
                 return
 

@@ -5,18 +5,23 @@ from __future__ import annotations
 import base64
 import json
 import re
+import shutil
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import event
+from sqlalchemy import event, select
 
+from app.config import PROJECT_ROOT
+from app.db import transaction
 from app.errors import Unprocessable
+from app.policy.service import PolicyState
 from app.reports import service
-from app.reports.models import Report
+from app.reports.models import Report, ReportAccess
 from app.reports.schemas import ReportIn
 from tests.conftest import World, report_body
 
@@ -187,7 +192,7 @@ class TestReadableStatement:
 
         assert "report_access.member_code = 'DEU'" in sql
         assert f"report_access.policy_hash = '{bundle_hash}'" in sql
-        assert "report_access.level = 'full' OR report_access.level = 'tearline'" in sql
+        assert "report_access.level IN ('full', 'tearline')" in sql
         assert touches(sql, "reports")
         assert touches(sql, "report_versions")
 
@@ -235,3 +240,68 @@ class TestReadableStatement:
 
         assert response.status_code == 200
         assert len([s for s in seen if touches(s, "reports")]) == 1, seen
+
+
+class TestListingPlan:
+    def test_a_listing_page_reads_the_partial_index_in_order_without_sorting(
+        self, world: World
+    ) -> None:
+        # The query plan, not the timing: a page must be one ordered range of the partial
+        # index, never a sort of every report the member may read.
+        world.submit("ITA")
+        statement = service.readable_statement("DEU", world.state.policy.bundle.hash)
+        page = statement.order_by(
+            ReportAccess.report_updated_at.desc(), ReportAccess.report_id.desc()
+        ).limit(51)
+        with world.state.db.read_engine.connect() as conn:
+            sql = str(page.compile(conn, compile_kwargs={"literal_binds": True}))
+            if conn.dialect.name == "sqlite":
+                plan = " ".join(
+                    str(r[-1]) for r in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + sql)
+                )
+                assert "ix_report_access_readable" in plan
+                assert "TEMP B-TREE" not in plan
+            else:
+                conn.exec_driver_sql("SET enable_seqscan = off")
+                plan = " ".join(r[0] for r in conn.exec_driver_sql("EXPLAIN " + sql))
+                assert "ix_report_access_readable" in plan
+                assert "Sort" not in plan
+
+
+class TestRedecideBatch:
+    def test_batches_resume_in_id_order_and_decide_every_stale_report_once(
+        self, fresh_world: World, tmp_path: Path
+    ) -> None:
+        created = sorted(fresh_world.submit("USA")["id"] for _ in range(5))
+        policies = tmp_path / "policies"
+        shutil.copytree(PROJECT_ROOT / "policies", policies)
+        roster = policies / "roster.yaml"
+        text = roster.read_text()
+        at = text.index("clearance: ", text.index("- code: NLD"))
+        roster.write_text(text[:at] + "clearance: RESTRICTED" + text[text.index("\n", at) :])
+        policy = PolicyState.load(policies)
+        decided: list[str] = []
+
+        def on_decide(_session: Any, _state: Any, report: Any) -> Any:
+            decided.append(report.id)
+            return original(_session, _state, report)
+
+        original = service.decide_again
+        after: str | None = None
+        positions = []
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(service, "decide_again", on_decide)
+            while True:
+                with transaction(fresh_world.state.sessionmaker) as session:
+                    ids = service.redecide_batch(session, policy, after, batch=2)
+                if not ids:
+                    break
+                after = ids[-1]
+                positions.append(after)
+
+        assert sorted(decided) == decided == created
+        assert positions == [created[1], created[3], created[4]]
+        with transaction(fresh_world.state.sessionmaker) as session:
+            assert not service.any_stale(session, policy)
+            hashes = set(session.scalars(select(ReportAccess.policy_hash)))
+        assert hashes == {policy.bundle.hash}
