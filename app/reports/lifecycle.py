@@ -65,12 +65,22 @@ def etag(version: int) -> str:
 
 
 def locate_own(
-    conn: Connection, state: PolicyState, principal: Principal, report_id: str
+    conn: Connection,
+    state: PolicyState,
+    principal: Principal,
+    report_id: str,
+    *,
+    lock: bool = False,
 ) -> StoredReport:
-    """The caller's own report, or NotOriginator carrying 404 or 403 as api.md prescribes."""
+    """The caller's own report, or NotOriginator carrying 404 or 403 as api.md prescribes.
+
+    With `lock`, the row stays locked until the transaction ends (PostgreSQL; SQLite already
+    runs one writer at a time), so concurrent changes to one report apply one after the other.
+    """
+    statement = _REPORT.with_for_update() if lock else _REPORT
     row = (
-        conn.execute(_REPORT, {"report_id": report_id}).first()
-        if (service.is_report_id(report_id))
+        conn.execute(statement, {"report_id": report_id}).first()
+        if service.is_report_id(report_id)
         else None
     )
     if row is not None and row.originator == principal.member:
@@ -92,7 +102,7 @@ def _own_for_change(
 ) -> StoredReport:
     """locate_own for a change, the refusal audited so it survives the rollback."""
     try:
-        return locate_own(session.connection(), state, principal, report_id)
+        return locate_own(session.connection(), state, principal, report_id, lock=True)
     except NotOriginator as refused:
         _refuse(session, state, principal, action, report_id, refused.reason)
         raise refused.error from None
@@ -161,7 +171,8 @@ def update_report(
         updated_at=now,
     )
     conn = session.connection()
-    changed = {k: v for k, v in dataclasses.asdict(report).items() if k not in ("id", "created_at")}
+    unchanged = ("id", "originator", "status", "created_at")
+    changed = {k: v for k, v in dataclasses.asdict(report).items() if k not in unchanged}
     moved = conn.execute(
         update(_reports)
         # The version in the condition lets exactly one of two concurrent updates through.

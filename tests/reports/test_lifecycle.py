@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
 from typing import Any
 
@@ -177,6 +178,36 @@ class TestUpdate:
         assert revoke(world, "USA", created["id"]).status_code == 200
 
         assert put(world, "USA", created["id"], '"1"').status_code == 409
+
+    def test_of_two_concurrent_updates_of_one_version_exactly_one_wins(self, world: World) -> None:
+        created = world.submit("USA")
+        world.token("USA")
+
+        with ThreadPoolExecutor(4) as pool:
+            statuses = sorted(
+                pool.map(
+                    lambda n: (
+                        put(world, "USA", created["id"], '"1"', title=f"take {n}").status_code
+                    ),
+                    range(4),
+                )
+            )
+
+        assert statuses == [200, 412, 412, 412]
+        assert len(versions_of(world, created["id"])) == 2
+
+    def test_an_update_racing_a_revocation_never_brings_the_report_back(self, world: World) -> None:
+        created = world.submit("USA")
+        world.token("USA")
+
+        with ThreadPoolExecutor(2) as pool:
+            updating = pool.submit(put, world, "USA", created["id"], '"1"')
+            revoking = pool.submit(revoke, world, "USA", created["id"])
+            outcomes = {updating.result().status_code, revoking.result().status_code}
+
+        assert outcomes <= {200, 409}
+        assert world.get("USA", created["id"]).json()["status"] == "revoked"
+        assert world.get("DEU", created["id"]).status_code == 404
 
 
 class TestVersions:
