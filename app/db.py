@@ -226,7 +226,10 @@ class Database:
 
     def __init__(self, engine: Engine, read_engine: Engine | None = None) -> None:
         self.engine = engine
-        self.read_engine = read_engine or make_read_engine(str(engine.url))
+        # The URL as text with its password: str(URL) masks it as "***".
+        self.read_engine = read_engine or make_read_engine(
+            engine.url.render_as_string(hide_password=False)
+        )
         self.sessionmaker = make_sessionmaker(engine)
         self.inline = engine.dialect.name == "sqlite"
         self.concurrency = 1 if self.inline else engine.pool.size()  # type: ignore[attr-defined]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import signal
 import threading
 from collections.abc import AsyncIterator
@@ -24,6 +25,8 @@ from app.policy.endpoints import router as policy_router
 from app.reports.endpoints import router as reports_router
 from app.state import AppState
 
+log = logging.getLogger("tearline.policy")
+
 
 def _reload_on_sighup(state: AppState) -> bool:
     """`kill -HUP` reloads the policy bundle (as the operator); only where signals can be had."""
@@ -32,10 +35,15 @@ def _reload_on_sighup(state: AppState) -> bool:
     loop = asyncio.get_running_loop()
     running: set[asyncio.Task[object]] = set()
 
+    def done(task: asyncio.Task[object]) -> None:
+        running.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("policy reload on SIGHUP failed", exc_info=task.exception())
+
     def reload() -> None:
         task = loop.create_task(state.reloader.reload(audit.OPERATOR))
         running.add(task)  # held until done, so it is not collected midway
-        task.add_done_callback(running.discard)
+        task.add_done_callback(done)
 
     loop.add_signal_handler(signal.SIGHUP, reload)
     return True

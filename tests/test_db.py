@@ -67,6 +67,15 @@ class TestReadEngine:
         assert asyncio.run(db.read(backend_pid)) != pid
 
 
+class TestReadEngineUrl:
+    def test_the_read_engine_connects_with_the_same_credentials(self) -> None:
+        # str(URL) masks the password; a read engine built from it could never log in.
+        database = db.Database(make_engine("postgresql+psycopg://app:s3cret@db.invalid/tearline"))
+        assert database.read_engine.url.password == "s3cret"
+        assert database.read_engine.url == database.engine.url
+        database.dispose()
+
+
 class TestWhereUnitsRun:
     def test_sqlite_units_run_on_the_calling_thread_and_postgresql_ones_on_workers(
         self, fresh_world: World

@@ -104,5 +104,5 @@ async def reload_policy(caller: PolicyRead) -> ReloadResult:
         accepted=True,
         changed=outcome.changed,
         previous_hash=outcome.previous_hash,
-        hash=state.policy.bundle.hash,
+        hash=outcome.hash or outcome.previous_hash,
     )

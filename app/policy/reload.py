@@ -38,6 +38,8 @@ log = logging.getLogger("tearline.policy")
 # Reports decided again per transaction: short enough that writers (SQLite has one) never wait
 # long, large enough that a million reports take minutes, not hours.
 REDECIDE_BATCH = 200
+# The longest wait between two tries of a failed re-decision batch.
+RETRY_CAP_SECONDS = 30.0
 
 
 def failing_cases(bundle: PolicyBundle) -> list[str]:
@@ -95,15 +97,25 @@ class Redecider:
                 await task
 
     async def _run(self) -> None:
+        failures = 0
         while True:
             self._again = False
             after: str | None = None
             while True:
-                decided = await self._db.run(
-                    functools.partial(
-                        redecide_batch, state=self._policy, after=after, batch=REDECIDE_BATCH
+                try:
+                    decided = await self._db.run(
+                        functools.partial(
+                            redecide_batch, state=self._policy, after=after, batch=REDECIDE_BATCH
+                        )
                     )
-                )
+                except Exception:
+                    # Stale reports stay hidden until decided again, so giving up is no
+                    # option: log, back off, and take the same batch again.
+                    failures += 1
+                    log.exception("re-decision batch failed (%d so far); retrying", failures)
+                    await asyncio.sleep(min(2.0**failures, RETRY_CAP_SECONDS))
+                    continue
+                failures = 0
                 if not decided:
                     break
                 after = decided[-1]

@@ -8,6 +8,7 @@ can. Each action, and each refusal, is audited.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import re
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ from app.errors import (
 )
 from app.keys.service import Envelope, field_aad
 from app.kit import crypto
+from app.kit.crypto import CorruptionError
 from app.policy.service import PolicyState
 from app.reports import service
 from app.reports.models import Report, ReportKey, ReportTopic, ReportVersion
@@ -46,8 +48,14 @@ _entries = cast(Table, AuditEntry.__table__)
 # Reads of a report that its access log shows (the originator's own included).
 READ_ACTIONS = ("report.read", "report.list_item", "report.create.replay")
 
-_REPORT = select(*REPORT_COLUMNS).where(_reports.c.id == bindparam("report_id"))
-_ETAG = re.compile(r'^(?:W/)?"(\d{1,9})"$')
+# The caller's own report only: another member's row is never locked (its lock waits could tell
+# a hidden report from a missing one).
+_OWN_REPORT = select(*REPORT_COLUMNS).where(
+    _reports.c.id == bindparam("report_id"), _reports.c.originator == bindparam("member")
+)
+# If-Match compares strongly (RFC 9110, 13.1.1): a weak tag never matches.
+_ETAG = re.compile(r'^"(\d{1,9})"$')
+_CURSOR = re.compile(r"[0-9]{1,18}")
 
 
 class NotOriginator(Exception):
@@ -77,15 +85,15 @@ def locate_own(
     With `lock`, the row stays locked until the transaction ends (PostgreSQL; SQLite already
     runs one writer at a time), so concurrent changes to one report apply one after the other.
     """
-    statement = _REPORT.with_for_update() if lock else _REPORT
-    row = (
-        conn.execute(statement, {"report_id": report_id}).first()
-        if service.is_report_id(report_id)
-        else None
-    )
-    if row is not None and row.originator == principal.member:
+    if not service.is_report_id(report_id):
+        raise NotOriginator(NotFound(), "level:none")
+    statement = _OWN_REPORT.with_for_update() if lock else _OWN_REPORT
+    row = conn.execute(statement, {"report_id": report_id, "member": principal.member}).first()
+    if row is not None:
         return StoredReport.from_row(row)
-    if row is None or not _readable(conn, state, principal.member, report_id):
+    # The same two statements whether the report is missing or hidden: neither the answer nor
+    # the work behind it tells them apart.
+    if not _readable(conn, state, principal.member, report_id):
         raise NotOriginator(NotFound(), "level:none")
     raise NotOriginator(Forbidden("Only the originator of a report may do this."), "not_originator")
 
@@ -156,8 +164,10 @@ def update_report(
     if current.status != "active":
         _refuse(session, state, principal, action, report_id, f"status:{current.status}")
         raise Conflict(f"A {current.status} report cannot be changed.")
-    matched = _ETAG.match(if_match.strip())
-    if matched is None or int(matched.group(1)) != current.version:
+    tag = if_match.strip()
+    matched = _ETAG.match(tag)
+    # "*" asks only that the report exist (RFC 9110); the client then forgoes the check.
+    if tag != "*" and (matched is None or int(matched.group(1)) != current.version):
         _refuse(session, state, principal, action, report_id, "stale", f"version:{current.version}")
         raise PreconditionFailed(
             f"The report is at version {current.version}; fetch it and apply your change again."
@@ -210,6 +220,10 @@ def revoke_report(
         revoked = dataclasses.replace(current, status="revoked", updated_at=utcnow())
         _set_status(session, revoked)
         service.decide_again(session, state, revoked)
+    # The reason is the originator's free text and may say more than an audit entry should
+    # hold in clear (entries outlive purges and go to the chairs): only its digest is kept,
+    # enough to show later which reason was given.
+    digest = hashlib.sha256(reason.encode()).hexdigest()[:32]
     _record(
         session,
         state,
@@ -217,7 +231,7 @@ def revoke_report(
         action,
         report_id,
         f"status:{current.status}",
-        f"reason:{reason}",
+        f"reason_sha256:{digest}",
     )
     return _originator_view(session.connection(), state, envelope, principal, report_id)
 
@@ -298,19 +312,28 @@ def list_versions(
         m = row._mapping
         plain: dict[str, str | None] = dict.fromkeys(service.CONTENT_FIELDS)
         if m["wrapped_data_key"] is not None:
-            key = envelope.open_data_key(
-                conn,
-                report_id=report_id,
-                version=m["version"],
-                originator=report.originator,
-                member_key_version=m["key_version"],
-                wrapped=m["wrapped_data_key"],
-            )
-            for name in service.CONTENT_FIELDS:
-                blob = m[f"{name}_ct"]
-                if blob is not None:
-                    aad = field_aad(report_id, m["version"], report.originator, name)
-                    plain[name] = crypto.aead_decrypt(key, blob, aad).decode()
+            try:
+                key = envelope.open_data_key(
+                    conn,
+                    report_id=report_id,
+                    version=m["version"],
+                    originator=report.originator,
+                    member_key_version=m["key_version"],
+                    wrapped=m["wrapped_data_key"],
+                )
+                for name in service.CONTENT_FIELDS:
+                    blob = m[f"{name}_ct"]
+                    if blob is not None:
+                        aad = field_aad(report_id, m["version"], report.originator, name)
+                        plain[name] = crypto.aead_decrypt(key, blob, aad).decode()
+            except CorruptionError:
+                # The attempt is traced even though nothing is served.
+                trace.append(
+                    _entry(
+                        state, action, "error", report_id, f"version:{m['version']}", "corrupted"
+                    )
+                )
+                raise
         entities = plain["entities"]
         views.append(
             VersionView(
@@ -390,7 +413,7 @@ def access_log(
         .limit(limit + 1)
     )
     if cursor is not None:
-        if not cursor.isdigit() or len(cursor) > 18:
+        if _CURSOR.fullmatch(cursor) is None:
             raise Unprocessable(
                 "The cursor is not valid.",
                 [{"loc": ["query", "cursor"], "msg": "invalid cursor", "type": "cursor"}],

@@ -762,6 +762,15 @@ def redecide_batch(
     conn = session.connection()
     ids: list[str] = list(conn.scalars(stale))
     if ids:
-        for row in conn.execute(select(*REPORT_COLUMNS).where(_reports.c.id.in_(ids))):
+        # Locked (PostgreSQL), in id order, and read after the lock: a concurrent update,
+        # revocation or purge of one of these reports either commits first (and is decided
+        # from its new state here) or waits for this batch; never decided from stale markings.
+        current = (
+            select(*REPORT_COLUMNS)
+            .where(_reports.c.id.in_(ids))
+            .order_by(_reports.c.id)
+            .with_for_update()
+        )
+        for row in conn.execute(current):
             decide_again(session, state, StoredReport.from_row(row))
     return ids

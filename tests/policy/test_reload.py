@@ -9,10 +9,12 @@ from typing import Any
 
 import pytest
 from sqlalchemy import select
+from sqlalchemy.exc import OperationalError
 
 from app.audit.models import AuditEntry
 from app.config import PROJECT_ROOT
 from app.db import transaction
+from app.policy import reload as reload_module
 from app.reports.models import ReportAccess
 from tests.conftest import World, drop_database, make_world
 
@@ -174,3 +176,28 @@ class TestReload:
 
         assert world.http.get("/v1/reports", headers=headers).status_code == 401
         assert world.request_token("POL").status_code == 401
+
+    def test_a_failed_batch_is_tried_again_until_every_report_is_decided(
+        self, reloadable: World, policies: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        world = reloadable
+        created = world.submit("USA", classification="SECRET", releasable_to=["ALL"])
+        original = reload_module.redecide_batch
+        calls = {"n": 0}
+
+        def flaky(*args: Any, **kwargs: Any) -> Any:
+            calls["n"] += 1
+            if calls["n"] == 1:
+                raise OperationalError("SELECT", None, RuntimeError("database is locked"))
+            return original(*args, **kwargs)
+
+        monkeypatch.setattr(reload_module, "redecide_batch", flaky)
+        monkeypatch.setattr(reload_module, "RETRY_CAP_SECONDS", 0.01)
+        lower_clearance(policies, "NLD", "RESTRICTED")
+
+        assert reload(world).status_code == 200
+        settle(world)
+
+        assert calls["n"] >= 2
+        assert world.get("NLD", created["id"]).json()["access"] == "tearline"
+        assert world.get("USA", created["id"]).json()["access"] == "full"

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import event, select
 
 from app.audit.models import AuditEntry
 from app.db import transaction
@@ -137,13 +138,18 @@ class TestUpdate:
         assert world.get("USA", created["id"]).json()["title"] != "Lost update"
         assert ("report.update", "deny") in actions_on(world, created["id"])
 
-    @pytest.mark.parametrize("if_match", ["1", '"x"', "*", '"01x"'])
+    @pytest.mark.parametrize("if_match", ["1", '"x"', 'W/"1"', '"01x"'])
     def test_an_if_match_that_names_no_version_is_refused(
         self, world: World, if_match: str
     ) -> None:
         created = world.submit("USA")
 
         assert put(world, "USA", created["id"], if_match).status_code == 412
+
+    def test_if_match_star_asks_only_that_the_report_exist(self, world: World) -> None:
+        created = world.submit("USA")
+
+        assert put(world, "USA", created["id"], "*").status_code == 200
 
     def test_an_update_without_if_match_is_refused_with_428(self, world: World) -> None:
         created = world.submit("USA")
@@ -261,6 +267,23 @@ class TestRevoke:
 
         assert again.status_code == 200
         assert again.json()["status"] == "revoked"
+
+    def test_the_reason_is_audited_as_a_digest_never_in_clear(self, world: World) -> None:
+        created = world.submit("USA")
+        reason = "source ALPHA in Mosul compromised"
+
+        assert revoke(world, "USA", created["id"], reason=reason).status_code == 200
+
+        with transaction(world.state.sessionmaker) as session:
+            reasons = session.scalars(
+                select(AuditEntry.reasons).where(
+                    AuditEntry.target == f"report:{created['id']}",
+                    AuditEntry.action == "report.revoke",
+                )
+            ).one()
+        assert not any("Mosul" in r for r in reasons)
+        digest = hashlib.sha256(reason.encode()).hexdigest()[:32]
+        assert f"reason_sha256:{digest}" in reasons
 
     def test_a_revocation_needs_a_reason(self, world: World) -> None:
         created = world.submit("USA")
@@ -391,11 +414,59 @@ class TestAccessLog:
 
         assert seen == ["GBR", "FRA", "DEU", "ITA"]
 
-    def test_a_bad_cursor_is_a_422(self, world: World) -> None:
+    @pytest.mark.parametrize("cursor", ["abc", "%C2%B2", "-1", "1" * 19])
+    def test_a_bad_cursor_is_a_422(self, world: World, cursor: str) -> None:
         created = world.submit("USA")
 
         response = world.http.get(
-            f"/v1/reports/{created['id']}/access-log?cursor=abc", headers=world.headers("USA")
+            f"/v1/reports/{created['id']}/access-log?cursor={cursor}",
+            headers=world.headers("USA"),
         )
 
         assert response.status_code == 422
+
+
+class TestNoExistenceOracle:
+    @pytest.mark.parametrize(
+        ("method", "suffix", "body"),
+        [
+            ("PUT", "", report_body()),
+            ("POST", "/revoke", {"reason": "x"}),
+            ("DELETE", "", None),
+            ("GET", "/versions", None),
+            ("GET", "/access-log", None),
+        ],
+    )
+    def test_missing_and_hidden_reports_take_the_same_statements(
+        self, world: World, method: str, suffix: str, body: Any
+    ) -> None:
+        hidden = world.submit("USA", releasable_to=["CHAIRS"], summary=None)["id"]
+        world.token("NZL")
+
+        def statements_for(report_id: str) -> tuple[int, Any]:
+            seen: list[str] = []
+
+            def count(*_: Any) -> None:
+                seen.append("x")
+
+            engines = (world.state.db.engine, world.state.db.read_engine)
+            for engine in engines:
+                event.listen(engine, "before_cursor_execute", count)
+            try:
+                response = world.http.request(
+                    method,
+                    f"/v1/reports/{report_id}{suffix}",
+                    json=body,
+                    headers={**world.headers("NZL"), "If-Match": '"1"'},
+                )
+            finally:
+                for engine in engines:
+                    event.remove(engine, "before_cursor_execute", count)
+            return len(seen), response
+
+        hidden_count, hidden_response = statements_for(hidden)
+        missing_count, missing_response = statements_for(MISSING)
+
+        assert hidden_response.status_code == missing_response.status_code == 404
+        assert hidden_response.json() == missing_response.json()
+        assert hidden_count == missing_count
