@@ -63,6 +63,8 @@ def create_app(settings: Settings | None = None, *, state: AppState | None = Non
         yield
         if hangup:
             asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
+        # Entries of requests that were cancelled (a client gone) are still written.
+        await state.audit_log.drain()
         # A pass of re-decision stops between two batches; the next start finishes it.
         await state.redecider.stop()
         state.db.dispose()

@@ -712,7 +712,8 @@ def time_redecision(state: AppState, budget: float) -> dict[str, Any]:
                 transaction(state.sessionmaker) as session,
             ):
                 ids = service.redecide_batch(session, state.policy, after, REDECIDE_BATCH)
-            stale_sql = stale_sql or captured[:1]
+            # The latest one: each batch resumes after the last id, so its SQL differs.
+            stale_sql = captured[:1] or stale_sql
             n = len(ids)
             if n == 0:
                 complete = True

@@ -47,6 +47,15 @@ class AuditWriter:
         # Shielded for the same reason; a cancelled request's entries are still written.
         await asyncio.shield(done)
 
+    async def drain(self) -> None:
+        """Wait until every entry handed over so far is written (at shutdown)."""
+        loop = asyncio.get_running_loop()
+        while (flusher := self._flusher) is not None and not flusher.done():
+            if flusher.get_loop() is not loop:
+                return
+            # A failed batch has already failed its requests; here only completion matters.
+            await asyncio.wait({flusher})
+
     async def _flush(self) -> None:
         # One turn of the loop lets requests that are already running add their entries.
         await asyncio.sleep(0)

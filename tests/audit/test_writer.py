@@ -164,3 +164,16 @@ class TestReadsThroughTheWriter:
                 )
             ).all()
         assert sorted(reads) == sorted(readers)
+
+    def test_drain_waits_for_entries_already_handed_over(self, fresh_world: World) -> None:
+        writer = AuditWriter(fresh_world.state.db)
+
+        async def hand_over_then_drain() -> None:
+            request = asyncio.create_task(writer.append(ACTOR, [entry(9)]))
+            await asyncio.sleep(0)  # handed over; the request is then cancelled
+            request.cancel()
+            await writer.drain()
+
+        asyncio.run(hand_over_then_drain())
+
+        assert written(fresh_world) == {"report:writer-test-9"}
