@@ -30,8 +30,7 @@ from app.errors import (
     PreconditionRequired,
     Unprocessable,
 )
-from app.keys.service import Envelope, field_aad
-from app.kit import crypto
+from app.keys.service import Envelope
 from app.kit.crypto import CorruptionError
 from app.policy.service import PolicyState
 from app.reports import service
@@ -313,19 +312,9 @@ def list_versions(
         plain: dict[str, str | None] = dict.fromkeys(service.CONTENT_FIELDS)
         if m["wrapped_data_key"] is not None:
             try:
-                key = envelope.open_data_key(
-                    conn,
-                    report_id=report_id,
-                    version=m["version"],
-                    originator=report.originator,
-                    member_key_version=m["key_version"],
-                    wrapped=m["wrapped_data_key"],
+                plain = service.decrypt_fields(
+                    envelope, conn, m, report_id=report_id, originator=report.originator
                 )
-                for name in service.CONTENT_FIELDS:
-                    blob = m[f"{name}_ct"]
-                    if blob is not None:
-                        aad = field_aad(report_id, m["version"], report.originator, name)
-                        plain[name] = crypto.aead_decrypt(key, blob, aad).decode()
             except CorruptionError:
                 # The attempt is traced even though nothing is served.
                 trace.append(

@@ -17,6 +17,7 @@ from sqlalchemy import (
     ColumnElement,
     Connection,
     Row,
+    RowMapping,
     Select,
     Table,
     and_,
@@ -498,25 +499,36 @@ def readable_statement(member: str, policy_hash: str) -> Select[Any]:
     return _READABLE_FOR_LIST.params(member=member, policy_hash=policy_hash)
 
 
-def _decrypt(
-    envelope: Envelope, conn: Connection, row: Row[Any], fields: tuple[str, ...]
+def decrypt_fields(
+    envelope: Envelope,
+    conn: Connection,
+    ciphertexts: RowMapping,
+    *,
+    report_id: str,
+    originator: str,
+    fields: tuple[str, ...] = CONTENT_FIELDS,
 ) -> dict[str, str | None]:
-    m = row._mapping
+    """The plaintext of `fields` of one stored version.
+
+    `ciphertexts` holds the version's `version`, `key_version`, `wrapped_data_key` and
+    `<field>_ct` columns; CorruptionError if anything fails authentication or is destroyed.
+    """
+    version = ciphertexts["version"]
     key = envelope.open_data_key(
         conn,
-        report_id=m["id"],
-        version=m["version"],
-        originator=m["originator"],
-        member_key_version=m["key_version"],
-        wrapped=m["wrapped_data_key"],
+        report_id=report_id,
+        version=version,
+        originator=originator,
+        member_key_version=ciphertexts["key_version"],
+        wrapped=ciphertexts["wrapped_data_key"],
     )
     out: dict[str, str | None] = {}
     for name in fields:
-        blob: bytes | None = m[f"{name}_ct"]
+        blob: bytes | None = ciphertexts[f"{name}_ct"]
         if blob is None:
             out[name] = None
             continue
-        aad = field_aad(m["id"], m["version"], m["originator"], name)
+        aad = field_aad(report_id, version, originator, name)
         out[name] = crypto.aead_decrypt(key, blob, aad).decode()
     return out
 
@@ -531,7 +543,10 @@ def _view(envelope: Envelope, conn: Connection, row: Row[Any], *, with_body: boo
         fields = CONTENT_FIELDS if with_body else ("title", "summary")
     else:
         fields = ("summary",)
-    plain = _decrypt(envelope, conn, row, fields)
+    m = row._mapping
+    plain = decrypt_fields(
+        envelope, conn, m, report_id=m["id"], originator=m["originator"], fields=fields
+    )
     entities_json = plain.get("entities")
     entities = json.loads(entities_json) if entities_json is not None else None
     return ReportView(
