@@ -109,6 +109,9 @@ class ReportAccess(Base):
     level: Mapped[str] = mapped_column(String(16))
     # Copy of reports.updated_at so a member's listing is one index range scan.
     report_updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    # Copy of the report's topics (",MOV.HAW,REV.OIL,"), so a listing filtered by topic tests the
+    # row it already visits instead of probing report_topics for every candidate.
+    topic_codes: Mapped[str] = mapped_column(String(200))
     policy_hash: Mapped[str] = mapped_column(String(64))
     policy_ids: Mapped[list[str]] = mapped_column(JSON)
     decided_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
