@@ -103,15 +103,20 @@ class _WriterTurn:
             self._lock.release()
 
 
+def _sqlite_engine(url: str) -> Engine:
+    # Transactions are begun explicitly (see _WriterTurn), never by the driver behind our back.
+    return create_engine(
+        url,
+        connect_args={"check_same_thread": False, "isolation_level": None},
+        pool_size=8,
+        max_overflow=8,
+    )
+
+
 def make_engine(url: str) -> Engine:
     """An engine for ``url`` with the settings each supported database needs."""
     if url.startswith("sqlite"):
-        engine = create_engine(
-            url,
-            connect_args={"check_same_thread": False, "isolation_level": None},
-            pool_size=8,
-            max_overflow=8,
-        )
+        engine = _sqlite_engine(url)
         turn = _WriterTurn()
         event.listen(engine, "connect", _sqlite_pragmas)
         event.listen(engine, "begin", turn.begin)
@@ -137,12 +142,7 @@ def make_read_engine(url: str) -> Engine:
     never wait for the writer's turn: in WAL mode a reader sees the last commit.
     """
     if url.startswith("sqlite"):
-        engine = create_engine(
-            url,
-            connect_args={"check_same_thread": False, "isolation_level": None},
-            pool_size=8,
-            max_overflow=8,
-        )
+        engine = _sqlite_engine(url)
         event.listen(engine, "connect", _sqlite_read_only)
         return engine
     if url.startswith("postgresql"):

@@ -21,8 +21,8 @@ from app.reports.service import (
     REPORT_COLUMNS,
     StoredReport,
     facts_of,
+    is_readable,
     is_report_id,
-    readable_statement,
 )
 
 __all__ = ["ACTION", "explain_for", "stored_facts"]
@@ -74,10 +74,7 @@ def explain_for(
     readable = (
         not entitled
         and is_report_id(report_id)
-        and conn.execute(
-            readable_statement(principal.member, bundle.hash).where(_reports.c.id == report_id)
-        ).first()
-        is not None
+        and is_readable(conn, principal.member, bundle.hash, report_id)
     )
     if facts is None or not (entitled or readable):
         _refuse(session, bundle.hash, principal, report_id, "level:none")

@@ -92,16 +92,9 @@ def locate_own(
         return StoredReport.from_row(row)
     # The same two statements whether the report is missing or hidden: neither the answer nor
     # the work behind it tells them apart.
-    if not _readable(conn, state, principal.member, report_id):
+    if not service.is_readable(conn, principal.member, state.bundle.hash, report_id):
         raise NotOriginator(NotFound(), "level:none")
     raise NotOriginator(Forbidden("Only the originator of a report may do this."), "not_originator")
-
-
-def _readable(conn: Connection, state: PolicyState, member: str, report_id: str) -> bool:
-    statement = service.readable_statement(member, state.bundle.hash).where(
-        _reports.c.id == report_id
-    )
-    return conn.execute(statement).first() is not None
 
 
 def _own_for_change(
