@@ -223,13 +223,20 @@ def create_scratch_database(admin_url: str) -> str:
     return name
 
 
-def analyze_scratch_database(admin_url: str, name: str) -> None:
-    """Refresh the planner statistics of a scratch database (ANALYZE, as autovacuum would)."""
+def analyze_scratch_database(admin_url: str, name: str, *, settle: bool = False) -> None:
+    """Refresh the planner statistics of a scratch database (ANALYZE, as autovacuum would).
+
+    With `settle`, VACUUM it too (the visibility map that index-only scans rely on, as
+    autovacuum would keep it) and CHECKPOINT, so that flushing what a bulk load dirtied does
+    not land in the middle of the next measurement.
+    """
     from sqlalchemy.engine import make_url  # noqa: PLC0415
 
     url = make_url(admin_url).set(database=name).render_as_string(hide_password=False)
     with _psycopg_connect(url) as conn:
-        conn.execute("ANALYZE")
+        conn.execute("VACUUM (ANALYZE)" if settle else "ANALYZE")
+        if settle:
+            conn.execute("CHECKPOINT")
 
 
 def drop_scratch_database(admin_url: str, name: str) -> None:
