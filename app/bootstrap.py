@@ -14,10 +14,12 @@ from app.db import Database, make_engine, transaction
 from app.keys.provider import EnvKeyProvider, KeyProvider, KeyringError, LocalKeyring
 from app.keys.service import Envelope
 from app.kit.jwt import SigningKey, VerificationKey
+from app.kit.ratelimit import RateLimiter
 from app.members import service as members_service
 from app.policy.reload import Redecider, Reloader
 from app.policy.service import PolicyState
 from app.reports import service as reports_service
+from app.search.index import BlindIndex
 from app.state import AppState
 
 
@@ -78,9 +80,11 @@ def build_state(settings: Settings, *, engine: Engine | None = None) -> AppState
         audit_log=AuditWriter(db),
         keys=provider,
         envelope=envelope,
+        blind_index=BlindIndex(provider.index_key()),
         policy=policy,
         redecider=redecider,
         reloader=Reloader(Path(settings.policy_dir), policy, db, envelope, redecider),
+        search_limiter=RateLimiter(settings.search_rate_per_minute),
         signing_keys=signing,
         verification_keys={
             k.kid: VerificationKey.from_pem(k.kid, "ES256", k.public_pem()) for k in signing

@@ -41,6 +41,8 @@ class Settings(BaseSettings):
     access_token_ttl: int = Field(default=900, ge=60, le=900)
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
     log_level: str = "INFO"
+    # Searches per client and minute (a token bucket per process; bursts up to the same number).
+    search_rate_per_minute: int = Field(default=120, ge=1)
 
     @model_validator(mode="after")
     def _check_production(self) -> Settings:

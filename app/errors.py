@@ -94,6 +94,16 @@ class Unprocessable(AppError):
         return problem
 
 
+class TooManyRequests(AppError):
+    status, title, slug = 429, "Too Many Requests", "rate-limited"
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__(
+            f"This client exceeded its rate; retry in {retry_after} s.",
+            headers={"Retry-After": str(retry_after)},
+        )
+
+
 class ServiceUnavailable(AppError):
     status, title, slug = 503, "Service Unavailable", "unavailable"
 

@@ -23,6 +23,7 @@ from app.members.endpoints import router as members_router
 from app.middleware import BodyLimitMiddleware, RequestIdMiddleware
 from app.policy.endpoints import router as policy_router
 from app.reports.endpoints import router as reports_router
+from app.search.endpoints import router as search_router
 from app.state import AppState
 
 log = logging.getLogger("tearline.policy")
@@ -100,4 +101,5 @@ def create_app(settings: Settings | None = None, *, state: AppState | None = Non
     app.include_router(reports_router)
     app.include_router(members_router)
     app.include_router(policy_router)
+    app.include_router(search_router)
     return app

@@ -9,21 +9,28 @@ from app.reports.models import (
     IdempotencyKey,
     Report,
     ReportAccess,
+    ReportGrant,
     ReportKey,
     ReportTopic,
     ReportVersion,
 )
+from app.search.models import AccessRequest, EntityIndex
+from app.webhooks.models import Event
 
 __all__ = [
+    "AccessRequest",
     "AuditEntry",
     "Base",
     "Client",
     "ClientKey",
+    "EntityIndex",
+    "Event",
     "IdempotencyKey",
     "Member",
     "MemberKey",
     "Report",
     "ReportAccess",
+    "ReportGrant",
     "ReportKey",
     "ReportTopic",
     "ReportVersion",

@@ -14,8 +14,10 @@ from app.db import Database
 from app.keys.provider import KeyProvider
 from app.keys.service import Envelope
 from app.kit.jwt import SigningKey, VerificationKey
+from app.kit.ratelimit import RateLimiter
 from app.policy.reload import Redecider, Reloader
 from app.policy.service import PolicyState
+from app.search.index import BlindIndex
 
 
 @dataclass
@@ -24,10 +26,12 @@ class AppState:
     db: Database
     keys: KeyProvider
     envelope: Envelope
+    blind_index: BlindIndex
     policy: PolicyState
     audit_log: AuditWriter
     redecider: Redecider
     reloader: Reloader
+    search_limiter: RateLimiter
     signing_keys: list[SigningKey] = field(default_factory=list)
     verification_keys: dict[str, VerificationKey] = field(default_factory=dict)
     verified_tokens: VerifiedTokens = field(default_factory=VerifiedTokens)

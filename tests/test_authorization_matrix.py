@@ -351,6 +351,92 @@ def _policy_reload(world: World, ctx: dict[str, Any]) -> None:
     assert response.json()["changed"] is False
 
 
+SEARCHED_IBAN = "IQ98NBIQ850123456789012"  # in report_body()'s entities
+
+
+def _search(world: World, ctx: dict[str, Any]) -> None:
+    """A searcher learns of a report only at a level it holds; a hidden one is absent."""
+    query = {"entities": [{"type": "iban", "value": SEARCHED_IBAN}], "purpose": "matrix"}
+    _protected("POST", "/v1/search", "search", json=query)(world, ctx)
+
+    def found(code: str) -> dict[str, str]:
+        response = world.http.post("/v1/search", json=query, headers=world.headers(code))
+        assert response.status_code == 200, response.text
+        return {r["report_id"]: r["access"] for r in response.json()["results"]}
+
+    # CHAIRS-only, no summary: chairs read it in full, everyone else only gets a hit.
+    assert found("USA")[ctx["report_id"]] == "full"
+    assert found("ITA")[ctx["report_id"]] == "full"
+    assert found("DEU")[ctx["report_id"]] == "hit"
+
+
+def _request_access(world: World, ctx: dict[str, Any]) -> None:
+    """Allowed at hit (DEU); 409 at full (a chair); 404 where the caller has no level at all
+    (a revoked report), the same as for a missing report."""
+    path = "/v1/reports/{report_id}/access-requests"
+    body = {"justification": "same broker in our case file"}
+    _protected("POST", path, "reports:read", json=body)(world, ctx)
+
+    def call(code: str, report_id: str) -> Any:
+        return world.http.post(
+            path.format(report_id=report_id), json=body, headers=world.headers(code)
+        )
+
+    assert call("ITA", ctx["report_id"]).status_code == 409
+    revoked = world.submit("USA", releasable_to=["CHAIRS"], summary=None)
+    world.http.post(
+        f"/v1/reports/{revoked['id']}/revoke", json={"reason": "x"}, headers=world.headers("USA")
+    )
+    hidden, missing = (
+        call("NZL", revoked["id"]),
+        call("NZL", "00000000-0000-4000-8000-000000000000"),
+    )
+    assert hidden.status_code == missing.status_code == 404
+    assert hidden.json() == missing.json()
+
+
+def _pending_request(world: World, ctx: dict[str, Any]) -> str:
+    response = world.http.post(
+        f"/v1/reports/{ctx['report_id']}/access-requests",
+        json={"justification": "matrix"},
+        headers=world.headers("JPN"),
+    )
+    assert response.status_code == 201, response.text
+    request_id: str = response.json()["id"]
+    return request_id
+
+
+def _access_request_by_id(world: World, ctx: dict[str, Any]) -> None:
+    """Its requester and the report's originator see it; anyone else gets 404 as for no request."""
+    request_id = _pending_request(world, ctx)
+    url = f"/v1/access-requests/{request_id}"
+    assert world.http.get(url).status_code == 401
+    assert world.http.get(url, headers=world.headers("JPN", scope="search")).status_code == 403
+    assert world.http.get(url, headers=world.headers("JPN")).status_code == 200
+    assert world.http.get(url, headers=world.headers("USA")).status_code == 200
+    other = world.http.get(url, headers=world.headers("NZL"))
+    absent = world.http.get(
+        "/v1/access-requests/00000000-0000-4000-8000-000000000000", headers=world.headers("NZL")
+    )
+    assert other.status_code == absent.status_code == 404
+    assert other.json() == absent.json()
+
+
+def _decide_access_request(world: World, ctx: dict[str, Any]) -> None:
+    """The originator decides; the requester gets 403, anyone else 404 as for no request."""
+    request_id = _pending_request(world, ctx)
+    url = f"/v1/access-requests/{request_id}/decision"
+    body = {"approve": False, "note": "not now"}
+    assert world.http.post(url, json=body).status_code == 401
+    lacking = world.http.post(url, json=body, headers=world.headers("USA", scope="reports:read"))
+    assert lacking.status_code == 403
+    assert world.http.post(url, json=body, headers=world.headers("NZL")).status_code == 404
+    assert world.http.post(url, json=body, headers=world.headers("JPN")).status_code == 403
+    decided = world.http.post(url, json=body, headers=world.headers("USA"))
+    assert decided.status_code == 200, decided.text
+    assert decided.json()["status"] == "denied"
+
+
 ROUTES: dict[tuple[str, str], Check] = {
     ("GET", "/.well-known/oauth-authorization-server"): lambda w, c: _public(
         w, c, "GET", "/.well-known/oauth-authorization-server"
@@ -395,6 +481,11 @@ ROUTES: dict[tuple[str, str], Check] = {
     ("GET", "/v1/policy"): _protected("GET", "/v1/policy", "policy:read"),
     ("POST", "/v1/policy/explain"): _policy_explain,
     ("POST", "/v1/policy/reload"): _policy_reload,
+    ("POST", "/v1/search"): _search,
+    ("POST", "/v1/reports/{report_id}/access-requests"): _request_access,
+    ("GET", "/v1/access-requests"): _protected("GET", "/v1/access-requests", "reports:read"),
+    ("GET", "/v1/access-requests/{request_id}"): _access_request_by_id,
+    ("POST", "/v1/access-requests/{request_id}/decision"): _decide_access_request,
 }
 
 

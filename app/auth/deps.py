@@ -77,6 +77,11 @@ class Caller:
         self._scopes = scopes
         self._route = route
 
+    @property
+    def claimed(self) -> Principal:
+        """Who the token says is calling (verified signature; not yet confirmed active)."""
+        return self._claimed
+
     def _confirmed(self, conn: Connection) -> Principal:
         principal = confirm_active(conn, self._claimed)
         missing = set(self._scopes - principal.scopes)
@@ -170,3 +175,4 @@ AnyCaller = Annotated[Caller, Depends(Authenticator(set()))]
 ReportsRead = Annotated[Caller, Depends(Authenticator({Scope.reports_read}))]
 ReportsWrite = Annotated[Caller, Depends(Authenticator({Scope.reports_write}))]
 PolicyRead = Annotated[Caller, Depends(Authenticator({Scope.policy_read}))]
+Searcher = Annotated[Caller, Depends(Authenticator({Scope.search}))]

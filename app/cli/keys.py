@@ -26,3 +26,20 @@ def init() -> None:
         raise fail(f"refused: {exc}") from None
     kind = "development" if keyring.is_development else "production"
     typer.echo(f"{kind} keyring ready at {keyring.path}")
+
+
+@app.command("rotate-index")
+def rotate_index() -> None:
+    """Replace the blind-index key in the local keyring. Stop the API processes first, then run
+    `tearline search reindex` and start them again: searches find only rows of the key they hold."""
+    settings = settings_or_exit()
+    if settings.key_provider != "local":
+        raise fail("refused: TEARLINE_KEY_PROVIDER is not 'local'; set TEARLINE_INDEX_KEY instead")
+    try:
+        keyring = LocalKeyring.load(
+            settings.data_dir, require_strict_permissions=not settings.is_development
+        )
+        keyring.rotate_index_key()
+    except KeyringError as exc:
+        raise fail(f"refused: {exc}") from None
+    typer.echo("index key replaced; now run `tearline search reindex`")

@@ -107,6 +107,9 @@ class _Material:
             self.development, {**self.master_keys, version: key}, self.index_key, self.signing_keys
         )
 
+    def with_index_key(self, key: SecretBytes) -> _Material:
+        return _Material(self.development, self.master_keys, key, self.signing_keys)
+
     def with_signing_key(self, kid: str, pem: str) -> _Material:
         return _Material(
             self.development, self.master_keys, self.index_key, ((kid, pem), *self.signing_keys)
@@ -290,6 +293,12 @@ class LocalKeyring(_MaterialView, KeyProvider):
         version = self.current_master_version() + 1
         self._persist(self._material.with_master_key(version, crypto.new_key()))
         return version
+
+    def rotate_index_key(self) -> None:
+        """Replace the blind-index key and persist it. The index must then be rebuilt
+        (`tearline search reindex`): rows made with the old key are no longer found."""
+        self.reload()
+        self._persist(self._material.with_index_key(crypto.new_key()))
 
     def add_signing_key(self) -> str:
         """Add a new ES256 signing key as the current one, persist it, and return its kid."""

@@ -20,6 +20,7 @@ from app.reports.models import Report
 from app.reports.service import (
     REPORT_COLUMNS,
     StoredReport,
+    active_grants,
     facts_of,
     is_readable,
     is_report_id,
@@ -40,7 +41,11 @@ def stored_facts(conn: Connection, report_id: str) -> ReportFacts | None:
     if not is_report_id(report_id):
         return None
     row = conn.execute(_REPORT, {"report_id": report_id}).first()
-    return None if row is None else facts_of(StoredReport.from_row(row))
+    if row is None:
+        return None
+    # With its unexpired grants, as the stored decisions were made.
+    grants = active_grants(conn, [report_id]).get(report_id, [])
+    return facts_of(StoredReport.from_row(row), granted=frozenset(g.member for g in grants))
 
 
 def explain_for(

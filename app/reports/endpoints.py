@@ -93,7 +93,13 @@ async def create_report(
 
     def work(session: Session, principal: Principal) -> tuple[ReportOut, bool]:
         view, replayed = service.create(
-            session, state.policy, state.envelope, principal, payload, idempotency_key
+            session,
+            state.policy,
+            state.envelope,
+            state.blind_index,
+            principal,
+            payload,
+            idempotency_key,
         )
         return to_out(view, principal), replayed
 
@@ -201,7 +207,14 @@ async def update_report(
 
     def work(session: Session, principal: Principal) -> ReportOut:
         view = lifecycle.update_report(
-            session, state.policy, state.envelope, principal, report_id, payload, if_match
+            session,
+            state.policy,
+            state.envelope,
+            state.blind_index,
+            principal,
+            report_id,
+            payload,
+            if_match,
         )
         return to_out(view, principal)
 

@@ -37,6 +37,7 @@ from app.reports import service
 from app.reports.models import Report, ReportKey, ReportTopic, ReportVersion
 from app.reports.schemas import ReportIn
 from app.reports.service import REPORT_COLUMNS, ReportView, StoredReport
+from app.search.index import BlindIndex, current_entries, drop_entries
 
 _reports = cast(Table, Report.__table__)
 _versions = cast(Table, ReportVersion.__table__)
@@ -45,7 +46,13 @@ _topics = cast(Table, ReportTopic.__table__)
 _entries = cast(Table, AuditEntry.__table__)
 
 # Reads of a report that its access log shows (the originator's own included).
-READ_ACTIONS = ("report.read", "report.list_item", "report.create.replay")
+READ_ACTIONS = (
+    "report.read",
+    "report.list_item",
+    "report.create.replay",
+    "search.result",
+    "access_request.create",
+)
 
 # The caller's own report only: another member's row is never locked (its lock waits could tell
 # a hidden report from a missing one).
@@ -142,6 +149,7 @@ def update_report(
     session: Session,
     state: PolicyState,
     envelope: Envelope,
+    index: BlindIndex,
     principal: Principal,
     report_id: str,
     payload: ReportIn,
@@ -165,6 +173,7 @@ def update_report(
             f"The report is at version {current.version}; fetch it and apply your change again."
         )
     service.validate_codes(state, payload)
+    entries = service.index_entries(index, payload)
     now = utcnow()
     report = dataclasses.replace(
         service.new_report(report_id, principal.member, payload),
@@ -190,6 +199,8 @@ def update_report(
     conn.execute(delete(_topics).where(_topics.c.report_id == report_id))
     conn.execute(_topics.insert(), [{"report_id": report_id, "topic": t} for t in payload.topics])
     decisions = service.decide_again(session, state, report)
+    previous = current_entries(conn, index, report_id)
+    service.index_version(session, index, principal, report, decisions, entries, previous)
     _record(session, state, principal, action, report_id, f"version:{report.version}")
     return service.originator_view(report, payload, entities, decisions)
 
@@ -250,6 +261,8 @@ def purge_report(
             .where(_versions.c.report_id == report_id)
             .values(title_ct=None, body_ct=None, summary_ct=None, entities_ct=None)
         )
+        # Nothing of the content may stay findable either.
+        drop_entries(conn, report_id)
         purged = dataclasses.replace(current, status="purged", updated_at=now)
         _set_status(session, purged)
         service.decide_again(session, state, purged)

@@ -8,12 +8,16 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     Boolean,
+    ColumnElement,
     ForeignKey,
     ForeignKeyConstraint,
     Index,
     Integer,
     LargeBinary,
     String,
+    and_,
+    bindparam,
+    case,
     text,
 )
 from sqlalchemy.orm import Mapped, mapped_column
@@ -115,6 +119,11 @@ class ReportAccess(Base):
     policy_hash: Mapped[str] = mapped_column(String(64))
     policy_ids: Mapped[list[str]] = mapped_column(JSON)
     decided_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # Set when `level` rests on an access grant that expires: from `expires_at` on, the level
+    # is `level_after` (what the policy gives without the grant; "none" hides the report).
+    # Reads compare with the clock, so an expiry takes effect without any job running first.
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+    level_after: Mapped[str | None] = mapped_column(String(16), default=None)
 
     __table_args__ = (
         # A member's listing, newest first: one backward range scan of this index, stopping
@@ -130,6 +139,33 @@ class ReportAccess(Base):
         # Finds decisions made under another bundle without scanning every decision.
         Index("ix_report_access_policy_hash", "policy_hash"),
     )
+
+
+class ReportGrant(Base):
+    """Full access the originator granted one member by approving its access request.
+
+    The policy engine sees unexpired grants (rule 4 of the base policy; clearance still applies);
+    a later approval for the same member replaces the earlier grant.
+    """
+
+    __tablename__ = "report_grants"
+
+    report_id: Mapped[str] = mapped_column(ForeignKey("reports.id"), primary_key=True)
+    member_code: Mapped[str] = mapped_column(ForeignKey("members.code"), primary_key=True)
+    access_request_id: Mapped[str] = mapped_column(String(36))
+    granted_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # None: until revoked or purged.
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+
+
+def effective_level() -> ColumnElement[str]:
+    """A stored decision's level as of bind parameter `now`: `level_after` once the grant it
+    rests on has expired (None stands for none)."""
+    access = ReportAccess.__table__.c
+    expired = and_(
+        access.expires_at.is_not(None), access.expires_at <= bindparam("now", type_=UTCDateTime())
+    )
+    return case((expired, access.level_after), else_=access.level).label("level")
 
 
 class IdempotencyKey(Base):

@@ -8,6 +8,7 @@ import dataclasses
 import hashlib
 import json
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol, cast
@@ -53,11 +54,15 @@ from app.reports.models import (
     IdempotencyKey,
     Report,
     ReportAccess,
+    ReportGrant,
     ReportKey,
     ReportTopic,
     ReportVersion,
+    effective_level,
 )
 from app.reports.schemas import ReportIn
+from app.search import matches
+from app.search.index import BlindIndex, IndexEntry, replace_entries
 
 CONTENT_FIELDS = ("title", "body", "summary", "entities")
 
@@ -69,6 +74,7 @@ _keys = cast(Table, ReportKey.__table__)
 _access = cast(Table, ReportAccess.__table__)
 _topics = cast(Table, ReportTopic.__table__)
 _idempotency = cast(Table, IdempotencyKey.__table__)
+_grants = cast(Table, ReportGrant.__table__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,12 +215,14 @@ def create(
     session: Session,
     state: PolicyState,
     envelope: Envelope,
+    index: BlindIndex,
     principal: Principal,
     payload: ReportIn,
     idempotency_key: str | None,
 ) -> tuple[ReportView, bool]:
     """Store a new report with its decisions; returns the view and whether it was a replay."""
     validate_codes(state, payload)
+    entries = index_entries(index, payload)
     digest = request_hash(payload)
     if idempotency_key is not None:
         replay = _replay(session, state, envelope, principal, idempotency_key, digest)
@@ -230,6 +238,7 @@ def create(
     entities = seal_version(conn, envelope, report, payload)
     conn.execute(_topics.insert(), [{"report_id": report_id, "topic": t} for t in payload.topics])
     _store_decisions(session, report, decisions)
+    index_version(session, index, principal, report, decisions, entries, previous=())
     if idempotency_key is not None:
         _remember_key(session, principal, idempotency_key, digest, report_id)
     audit.record(
@@ -244,6 +253,40 @@ def create(
         ),
     )
     return originator_view(report, payload, entities, decisions), False
+
+
+def index_entries(index: BlindIndex, payload: ReportIn) -> list[IndexEntry]:
+    """The blind-index entries of a submission's entities; Unprocessable if one is invalid."""
+    return index.entries(payload.entities, ("body", "entities"))
+
+
+def index_version(
+    session: Session,
+    index: BlindIndex,
+    principal: Principal,
+    report: StoredReport,
+    decisions: dict[str, Decision],
+    entries: list[IndexEntry],
+    previous: Iterable[IndexEntry],
+) -> None:
+    """Index the entities of the version just stored and alert on those it did not hold before."""
+    replace_entries(session.connection(), index, report.id, entries)
+    known = set(previous)
+    matches.alert_matches(
+        session,
+        index,
+        report_id=report.id,
+        originator=report.originator,
+        levels={code: d.level.value for code, d in decisions.items()},
+        entries=[e for e in entries if e not in known],
+        actor=principal.actor,
+        policy_hash=state_hash(decisions),
+    )
+
+
+def state_hash(decisions: dict[str, Decision]) -> str:
+    """The bundle hash the decisions were made under."""
+    return next(iter(decisions.values())).policy_hash
 
 
 def originator_view(
@@ -325,11 +368,75 @@ def seal_version(
     return entities
 
 
-def decide_again(session: Session, state: PolicyState, report: StoredReport) -> dict[str, Decision]:
-    """Replace a report's stored decisions by those the bundle in force makes for it now."""
-    decisions = state.decide(facts_of(report))
-    session.connection().execute(delete(_access).where(_access.c.report_id == report.id))
-    _store_decisions(session, report, decisions)
+@dataclass(frozen=True)
+class Grant:
+    """Full access the originator granted `member` (see ReportGrant); None: no expiry."""
+
+    member: str
+    expires_at: datetime | None
+
+
+def active_grants(conn: Connection, report_ids: list[str]) -> dict[str, list[Grant]]:
+    """The unexpired grants of each report."""
+    if not report_ids:
+        return {}
+    rows = conn.execute(
+        select(_grants.c.report_id, _grants.c.member_code, _grants.c.expires_at).where(
+            _grants.c.report_id.in_(report_ids),
+            or_(_grants.c.expires_at.is_(None), _grants.c.expires_at > utcnow()),
+        )
+    )
+    out: dict[str, list[Grant]] = {}
+    for report_id, member, expires_at in rows:
+        out.setdefault(report_id, []).append(Grant(member, expires_at))
+    return out
+
+
+@dataclass(frozen=True)
+class Expiring:
+    """A level that rests on a grant: from `at` on, the member's level is `level_after`."""
+
+    at: datetime
+    level_after: str
+
+
+def decide_with_grants(
+    state: PolicyState, report: StoredReport, grants: list[Grant]
+) -> tuple[dict[str, Decision], dict[str, Expiring]]:
+    """Every member's decision on `report` under its unexpired grants, and which ones expire.
+
+    A grant enters the decision as a fact (rule 4 of the base policy, clearance still applies);
+    where an expiring grant raised a member's level, the level without it is kept beside it so
+    that reads fall back to it on time without anything being decided again.
+    """
+    base = state.decide(facts_of(report))
+    if not grants:
+        return base, {}
+    decisions = state.decide(facts_of(report, granted=frozenset(g.member for g in grants)))
+    expiring = {
+        g.member: Expiring(g.expires_at, base[g.member].level.value)
+        for g in grants
+        if g.expires_at is not None and decisions[g.member].level != base[g.member].level
+    }
+    return decisions, expiring
+
+
+def decide_again(
+    session: Session,
+    state: PolicyState,
+    report: StoredReport,
+    grants: list[Grant] | None = None,
+) -> dict[str, Decision]:
+    """Replace a report's stored decisions by those the bundle in force makes for it now.
+
+    `grants`: the report's unexpired grants, when the caller has them already.
+    """
+    conn = session.connection()
+    if grants is None:
+        grants = active_grants(conn, [report.id]).get(report.id, [])
+    decisions, expiring = decide_with_grants(state, report, grants)
+    conn.execute(delete(_access).where(_access.c.report_id == report.id))
+    _store_decisions(session, report, decisions, expiring)
     return decisions
 
 
@@ -339,11 +446,15 @@ def topic_codes(topics: list[str]) -> str:
 
 
 def _store_decisions(
-    session: Session, report: StoredReport, decisions: dict[str, Decision]
+    session: Session,
+    report: StoredReport,
+    decisions: dict[str, Decision],
+    expiring: dict[str, Expiring] | None = None,
 ) -> None:
     """Store every level above none with the bundle hash and the policies that decided it."""
     now = utcnow()
     codes = topic_codes(report.topics)
+    expiring = expiring or {}
     rows = [
         {
             "report_id": report.id,
@@ -354,6 +465,8 @@ def _store_decisions(
             "policy_hash": d.policy_hash,
             "policy_ids": list(d.policy_ids),
             "decided_at": now,
+            "expires_at": e.at if (e := expiring.get(d.member)) else None,
+            "level_after": e.level_after if e else None,
         }
         for d in decisions.values()
         if d.level.value != "none"
@@ -452,12 +565,20 @@ _CIPHER_COLUMNS = (
 def _readable_level() -> ColumnElement[bool]:
     # Literal text, as the partial index ix_report_access_readable spells it: SQLite uses the
     # index only for a query repeating its condition, and a literal (unlike an expanding IN
-    # parameter) lets the compiled statement be reused as is.
-    return text(f"report_access.{READABLE_PREDICATE}")  # type: ignore[return-value]
+    # parameter) lets the compiled statement be reused as is. A level resting on a grant that
+    # has expired (bind parameter `now`) counts only if the level after it is readable too.
+    return and_(
+        text(f"report_access.{READABLE_PREDICATE}"),
+        or_(
+            _access.c.expires_at.is_(None),
+            _access.c.expires_at > bindparam("now", type_=UTCDateTime()),
+            text("report_access.level_after IN ('full', 'tearline')"),
+        ),
+    )
 
 
 def _readable(*, with_body: bool) -> Select[Any]:
-    columns = (*REPORT_COLUMNS, *_CIPHER_COLUMNS, _access.c.level)
+    columns = (*REPORT_COLUMNS, *_CIPHER_COLUMNS, effective_level())
     if with_body:
         columns = (*columns, _versions.c.body_ct, _versions.c.entities_ct)
     member: BindParameter[str] = bindparam("member")
@@ -489,7 +610,7 @@ def _readable(*, with_body: bool) -> Select[Any]:
 # Built once: every read and list reuses the compiled form.
 _READABLE_FOR_LIST = _readable(with_body=False)
 _READ_ONE = _readable(with_body=True).where(_reports.c.id == bindparam("report_id"))
-_AUDIENCE = select(_access.c.member_code, _access.c.level).where(
+_AUDIENCE = select(_access.c.member_code, effective_level()).where(
     _access.c.report_id == bindparam("report_id"),
     _readable_level(),
 )
@@ -501,7 +622,7 @@ def readable_statement(member: str, policy_hash: str) -> Select[Any]:
     Only decisions made under the bundle in force count: a decision left over from an earlier
     bundle is treated as no decision (fail closed) until it has been made again.
     """
-    return _READABLE_FOR_LIST.params(member=member, policy_hash=policy_hash)
+    return _READABLE_FOR_LIST.params(member=member, policy_hash=policy_hash, now=utcnow())
 
 
 def is_readable(conn: Connection, member: str, policy_hash: str, report_id: str) -> bool:
@@ -574,7 +695,7 @@ def _view(envelope: Envelope, conn: Connection, row: Row[Any], *, with_body: boo
 
 
 def stored_audience(conn: Connection, report_id: str) -> Audience:
-    rows = conn.execute(_AUDIENCE, {"report_id": report_id}).all()
+    rows = conn.execute(_AUDIENCE, {"report_id": report_id, "now": utcnow()}).all()
     return Audience(
         full=tuple(sorted(m for m, lvl in rows if lvl == "full")),
         tearline=tuple(sorted(m for m, lvl in rows if lvl == "tearline")),
@@ -612,7 +733,12 @@ def read(
 
     # Report ids are canonical UUIDs; anything else is absent without asking the database
     # (PostgreSQL refuses a NUL in a string outright, which would be a 500, not a 404).
-    params = {"member": principal.member, "policy_hash": bundle_hash, "report_id": report_id}
+    params = {
+        "member": principal.member,
+        "policy_hash": bundle_hash,
+        "report_id": report_id,
+        "now": utcnow(),
+    }
     row = conn.execute(_READ_ONE, params).first() if is_report_id(report_id) else None
     if row is None:
         traced("deny", f"report:{report_id[:64]}", "level:none")
@@ -707,7 +833,7 @@ def list_readable(
             < tuple_(literal(after_time, UTCDateTime()), literal(after_id))
         )
     stmt = stmt.order_by(_access.c.report_updated_at.desc(), _access.c.report_id.desc())
-    params = {"member": principal.member, "policy_hash": bundle.hash}
+    params = {"member": principal.member, "policy_hash": bundle.hash, "now": utcnow()}
     rows = conn.execute(stmt.limit(limit + 1), params).all()
     views = [_view(envelope, conn, row, with_body=False) for row in rows[:limit]]
     next_cursor = encode_cursor(views[-1].report) if len(rows) > limit else None
@@ -734,7 +860,7 @@ def list_readable(
     return views, next_cursor
 
 
-def facts_of(report: StoredReport) -> ReportFacts:
+def facts_of(report: StoredReport, granted: frozenset[str] = frozenset()) -> ReportFacts:
     return ReportFacts(
         id=report.id,
         originator=report.originator,
@@ -747,6 +873,7 @@ def facts_of(report: StoredReport) -> ReportFacts:
         has_summary=report.has_summary,
         tlp=report.tlp,
         orcon=report.orcon,
+        granted=granted,
     )
 
 
@@ -796,6 +923,8 @@ def redecide_batch(
             .order_by(_reports.c.id)
             .with_for_update()
         )
+        grants = active_grants(conn, ids)
         for row in conn.execute(current):
-            decide_again(session, state, StoredReport.from_row(row))
+            report = StoredReport.from_row(row)
+            decide_again(session, state, report, grants.get(report.id, []))
     return ids

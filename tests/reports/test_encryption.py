@@ -46,7 +46,7 @@ def marked_report(**overrides: Any) -> dict[str, Any]:
         "summary": f"SUMMARY{tag} gold settlement.",
         "entities": [
             {"type": "person", "value": f"PERSON{tag} al-Example"},
-            {"type": "iban", "value": f"IQ98NBIQ{tag}", "label": f"LABEL{tag}"},
+            {"type": "account", "value": f"ACCOUNT{tag}", "label": f"LABEL{tag}"},
         ],
     }
     fields.update(overrides)

@@ -282,9 +282,9 @@ class TestRedecideBatch:
         policy = PolicyState.load(policies)
         decided: list[str] = []
 
-        def on_decide(_session: Any, _state: Any, report: Any) -> Any:
+        def on_decide(_session: Any, _state: Any, report: Any, grants: Any = None) -> Any:
             decided.append(report.id)
-            return original(_session, _state, report)
+            return original(_session, _state, report, grants)
 
         original = service.decide_again
         after: str | None = None

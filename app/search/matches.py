@@ -1,0 +1,140 @@
+"""Match alerts: a report sharing an entity with another member's report tells both originators.
+
+Each originator is told only what it may learn of the other report: its id, originator, the
+types of the shared entities and its own level there. An originator whose level on the other
+report is none (a withdrawn report, a country file forbidding hits) is told nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import cast
+
+from sqlalchemy import Table, and_, select
+from sqlalchemy.orm import Session
+
+from app.audit import service as audit
+from app.db import utcnow
+from app.reports.models import Report, ReportAccess, effective_level
+from app.search.index import BlindIndex, IndexEntry
+from app.search.models import EntityIndex
+from app.webhooks import service as events
+
+# A value held by very many reports (a common name) alerts on the most recent ones only: the
+# alert says "others hold this", and a search lists them all.
+MATCH_ALERT_LIMIT = 100
+_ROW_LIMIT = 2000
+VISIBLE_LEVELS = frozenset({"full", "tearline", "hit"})
+
+_index = cast(Table, EntityIndex.__table__)
+_reports = cast(Table, Report.__table__)
+_access = cast(Table, ReportAccess.__table__)
+
+
+@dataclass
+class _Match:
+    originator: str
+    level: str
+    entity_types: set[str] = field(default_factory=set)
+
+
+def alert_matches(
+    session: Session,
+    index: BlindIndex,
+    *,
+    report_id: str,
+    originator: str,
+    levels: Mapping[str, str],
+    entries: Sequence[IndexEntry],
+    actor: audit.Actor,
+    policy_hash: str,
+) -> int:
+    """Store a `match.found` event for each originator of a report matching `entries` and for
+    `originator`, in the caller's transaction; returns the number of events.
+
+    `levels` is every member's level on the report just written (as just decided).
+    """
+    if not entries:
+        return 0
+    wanted = set(entries)
+    own_access = and_(
+        _access.c.report_id == _index.c.report_id,
+        _access.c.member_code == originator,
+        _access.c.policy_hash == policy_hash,
+    )
+    stmt = (
+        select(
+            _index.c.report_id,
+            _index.c.entity_type,
+            _index.c.digest,
+            _reports.c.originator,
+            effective_level(),
+        )
+        .select_from(
+            _index.join(_reports, _reports.c.id == _index.c.report_id).outerjoin(
+                _access, own_access
+            )
+        )
+        .where(
+            _index.c.digest.in_(sorted({e.digest for e in entries})),
+            _index.c.key_id == index.key_id,
+            _index.c.report_id != report_id,
+            _reports.c.originator != originator,
+            _reports.c.status == "active",
+        )
+        .order_by(_reports.c.updated_at.desc(), _index.c.report_id)
+        .limit(_ROW_LIMIT)
+    )
+    conn = session.connection()
+    found: dict[str, _Match] = {}
+    for other_id, entity_type, digest, other_originator, level in conn.execute(
+        stmt, {"now": utcnow()}
+    ):
+        if IndexEntry(entity_type, digest) not in wanted:
+            continue
+        match = found.get(other_id)
+        if match is None:
+            if len(found) == MATCH_ALERT_LIMIT:
+                continue
+            match = found[other_id] = _Match(other_originator, level or "none")
+        match.entity_types.add(entity_type)
+
+    emitted = 0
+    trace: list[audit.Entry] = []
+    for other_id, match in found.items():
+        types = sorted(match.entity_types)
+        # (recipient, its report, the report it learns of, that report's originator, its level)
+        sides = (
+            (originator, report_id, other_id, match.originator, match.level),
+            (match.originator, other_id, report_id, originator, levels.get(match.originator)),
+        )
+        for recipient, own, other, other_originator, level in sides:
+            if level not in VISIBLE_LEVELS:
+                continue
+            events.emit(
+                conn,
+                "match.found",
+                {
+                    "report_id": own,
+                    "matched_report_id": other,
+                    "matched_originator": other_originator,
+                    "entity_types": types,
+                    "access": level,
+                },
+                recipient=recipient,
+                report_id=own,
+            )
+            trace.append(
+                audit.Entry(
+                    action="match.alert",
+                    decision="allow",
+                    target=f"report:{other}",
+                    reasons=(f"recipient:{recipient}", f"level:{level}", *types),
+                    policy_hash=policy_hash,
+                )
+            )
+            emitted += 1
+    if trace:
+        audit.record(session, actor, *trace)
+    return emitted
