@@ -295,6 +295,7 @@ class Seeder:
                     writer,
                     self.state.policy,
                     self.state.envelope,
+                    self.state.blind_index,
                     self.principal(code),
                     payload,
                     None,

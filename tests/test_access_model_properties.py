@@ -10,10 +10,15 @@ The expected level of every (member, report) pair comes from `reference_level`, 
 product.md "Access model" written here; it never calls the app's loader or Cedar engine, so the
 bundle loader, the engine, the stored decisions and the read queries are all checked at once.
 
-Not covered yet, on purpose: grants from approved access requests (rule 4) are not in the API, so
-no example has one; revocation and purge (rule 2) are being built, so every report stays active.
-`hit` and `none` both read as 404; `POST /v1/policy/explain`, asked by the originator, tells them
-apart (search, not in the API yet, would be the other way).
+Every report also holds 1-3 entities from a small shared pool (IBANs and names, each written in
+several spellings), so reports share them, and every active member searches the whole pool once
+with `POST /v1/search`: it must find exactly the (report, entity type) pairs whose reference level
+is not `none`, at that level, newest reports first. `hit` and `none` both read as 404, so search
+and `POST /v1/policy/explain` (asked by the originator) are the two ways they are told apart.
+
+Not covered yet, on purpose: grants from approved access requests (rule 4), revocation and purge
+(rule 2) are tested on their own (tests/reports/test_lifecycle.py, tests/search/); here every
+report stays active and no example holds a grant.
 
 `TEARLINE_ACCESS_MODEL_PROFILE=access-model-deep` runs many more examples, for a change to the
 policy code or the read paths.
@@ -61,6 +66,18 @@ BRANCH_OF = {leaf: branch for branch, leaves in BRANCHES.items() for leaf in lea
 # A few leaves from every branch: enough for mandates and topics to overlap or miss often.
 TOPICS = ("REV.OIL", "REV.KFR", "MOV.HAW", "MOV.VA", "USE.OPS", "CTR.SANC")
 assert set(TOPICS) <= BRANCH_OF.keys()
+
+# Entities the reports share: (type, spellings). A report holds one spelling, a search sends the
+# first, so matching goes through normalisation (api.md: "exact on the normalised value").
+ENTITY_POOL: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("iban", ("DE89370400440532013000", "de89 3704 0044 0532 0130 00")),
+    ("iban", ("GB82WEST12345698765432", "GB82 WEST 1234 5698 7654 32")),
+    ("iban", ("NL91ABNA0417164300", "nl91-abna-0417-1643-00")),
+    ("iban", ("IQ98NBIQ850123456789012", "iq98 nbiq 8501 2345 6789 012")),
+    ("person", ("Muhammad al-Qasim", "Mohammed el-Qassem", "MUḤAMMAD AL QĀSIM")),
+    ("person", ("Abu Umar al-Shami", "Abou Omar ash-Shami")),
+    ("organization", ("Al-Nur Charitable Foundation", "al nūr charitable foundation")),
+)
 
 STATE_CODES = ("ITA", "SAU", "USA", "DEU", "FRA", "IRQ", "JOR", "TUR")
 BODY_CODES = ("EU", "FATF", "EGMONT", "INTERPOL", "UNMT")
@@ -122,6 +139,8 @@ class Report:
     summary: str  # "text", "null" or "omitted"
     tlp: str | None
     orcon: bool | None
+    # (index in ENTITY_POOL, index of the spelling written), distinct pool entries
+    entities: tuple[tuple[int, int], ...]
 
     # api.md "Reports": the defaults of the optional markings
     @property
@@ -140,6 +159,10 @@ class Report:
     def has_summary(self) -> bool:
         return self.summary == "text"
 
+    @property
+    def entity_types(self) -> frozenset[str]:
+        return frozenset(ENTITY_POOL[entry][0] for entry, _ in self.entities)
+
     def submission(self, index: int) -> dict[str, Any]:
         body = report_body(
             title=f"Report {index}",
@@ -148,6 +171,10 @@ class Report:
             topics=list(self.topics),
             classification=self.classification,
             releasable_to=list(self.releasable_to),
+            entities=[
+                {"type": ENTITY_POOL[entry][0], "value": ENTITY_POOL[entry][1][spelling]}
+                for entry, spelling in self.entities
+            ],
         )
         if self.summary == "null":
             body["summary"] = None
@@ -445,6 +472,17 @@ def country_rules(
     return st.lists(rule, min_size=1, max_size=4).map(tuple)
 
 
+@st.composite
+def pool_entities(draw: st.DrawFn) -> tuple[tuple[int, int], ...]:
+    """1-3 distinct entities of the pool, each in one of its spellings."""
+    entries = draw(_distinct(st.sampled_from(range(len(ENTITY_POOL))), 1, 3))
+    spellings = [
+        draw(st.integers(min_value=0, max_value=len(ENTITY_POOL[entry][1]) - 1))
+        for entry in entries
+    ]
+    return tuple(zip(entries, spellings, strict=True))
+
+
 def reports(roster: tuple[Member, ...]) -> st.SearchStrategy[Report]:
     originators = [m.code for m in roster if m.active]
     audience = _distinct(st.sampled_from(tuple(m.code for m in roster) + GROUPS), 1, 3)
@@ -459,6 +497,7 @@ def reports(roster: tuple[Member, ...]) -> st.SearchStrategy[Report]:
         summary=st.sampled_from(("text", "null", "omitted")),
         tlp=st.none() | st.sampled_from(TLPS),
         orcon=st.none() | st.booleans(),
+        entities=pool_entities(),
     )
 
 
@@ -655,6 +694,43 @@ def listed(world: World, code: str, limit: int) -> tuple[list[dict[str, Any]], l
     return items, problems
 
 
+def search_problems(world: World, scenario: Scenario, member: Member, ids: list[str]) -> list[str]:
+    """`POST /v1/search` for the whole pool: one result per (report, entity type) it holds, at the
+    reference level, hits included and `none` absent, newest reports first."""
+    code = member.code
+    response = world.http.post(
+        "/v1/search",
+        json={
+            "entities": [{"type": kind, "value": spellings[0]} for kind, spellings in ENTITY_POOL],
+            "purpose": "access model property test",
+        },
+        headers=world.headers(code),
+    )
+    assert response.status_code == 200, response.text
+    results = response.json()["results"]
+    index_of = {report_id: index for index, report_id in enumerate(ids)}
+    # Report ids replaced by their submission index, so a failure reads against the example;
+    # an id not submitted here would be -1 and fail the comparison.
+    got = [
+        (index_of.get(r["report_id"], -1), r["originator"], r["entity_type"], r["access"])
+        for r in results
+    ]
+    want = []
+    for index, report in enumerate(scenario.reports):
+        level = reference_level(member, report, scenario.rules)
+        if level != NONE:
+            want += [(index, report.originator, kind, level) for kind in report.entity_types]
+    problems = []
+    if sorted(got) != sorted(want):
+        problems.append(f"finds {sorted(got)}, want {sorted(want)}")
+    if len(got) != len(set(got)):
+        problems.append(f"a result is repeated: {got}")
+    order = [index for index, *_ in got]
+    if order != sorted(order, reverse=True):
+        problems.append(f"not newest first: reports {order}")
+    return [f"{code} search: {p}" for p in problems]
+
+
 def _by_index(levels: dict[str, str], ids: list[str]) -> dict[str, str]:
     """Report ids replaced by their submission index, so a failure reads against the example."""
     named = {f"report {ids.index(i)}" if i in ids else i: level for i, level in levels.items()}
@@ -682,7 +758,7 @@ PROFILE = settings.get_profile(os.environ.get("TEARLINE_ACCESS_MODEL_PROFILE", "
 class TestAccessModelThroughTheApi:
     @PROFILE
     @given(scenario=scenarios())
-    def test_every_member_reads_and_lists_exactly_its_reference_level(
+    def test_every_member_reads_lists_and_finds_exactly_its_reference_level(
         self, tmp_path_factory: pytest.TempPathFactory, scenario: Scenario
     ) -> None:
         with world_on(tmp_path_factory.mktemp("access-model"), scenario) as world:
@@ -692,6 +768,7 @@ class TestAccessModelThroughTheApi:
                 if member.active:
                     problems += read_problems(world, scenario, member, ids)
                     problems += list_problems(world, scenario, member, ids)
+                    problems += search_problems(world, scenario, member, ids)
                 else:
                     # A suspended member has no level to observe: it cannot even get a token.
                     assert world.request_token(member.code).status_code == 401

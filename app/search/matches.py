@@ -24,7 +24,6 @@ from app.webhooks import service as events
 # A value held by very many reports (a common name) alerts on the most recent ones only: the
 # alert says "others hold this", and a search lists them all.
 MATCH_ALERT_LIMIT = 100
-_ROW_LIMIT = 2000
 VISIBLE_LEVELS = frozenset({"full", "tearline", "hit"})
 
 _index = cast(Table, EntityIndex.__table__)
@@ -58,47 +57,42 @@ def alert_matches(
     if not entries:
         return 0
     wanted = set(entries)
-    own_access = and_(
-        _access.c.report_id == _index.c.report_id,
-        _access.c.member_code == originator,
-        _access.c.policy_hash == policy_hash,
-    )
-    stmt = (
-        select(
-            _index.c.report_id,
-            _index.c.entity_type,
-            _index.c.digest,
-            _reports.c.originator,
-            effective_level(),
-        )
-        .select_from(
-            _index.join(_reports, _reports.c.id == _index.c.report_id).outerjoin(
-                _access, own_access
-            )
-        )
-        .where(
+    conn = session.connection()
+    # First the index rows (one lookup per digest), then those reports: one statement joining
+    # both may be planned from the reports side and visit all of them.
+    shared: dict[str, set[str]] = {}
+    for other_id, entity_type, digest in conn.execute(
+        select(_index.c.report_id, _index.c.entity_type, _index.c.digest).where(
             _index.c.digest.in_(sorted({e.digest for e in entries})),
             _index.c.key_id == index.key_id,
             _index.c.report_id != report_id,
+        )
+    ):
+        if IndexEntry(entity_type, digest) in wanted:
+            shared.setdefault(other_id, set()).add(entity_type)
+    if not shared:
+        return 0
+    own_access = and_(
+        _access.c.report_id == _reports.c.id,
+        _access.c.member_code == originator,
+        _access.c.policy_hash == policy_hash,
+    )
+    others = conn.execute(
+        select(_reports.c.id, _reports.c.originator, effective_level())
+        .select_from(_reports.outerjoin(_access, own_access))
+        .where(
+            _reports.c.id.in_(sorted(shared)),
             _reports.c.originator != originator,
             _reports.c.status == "active",
         )
-        .order_by(_reports.c.updated_at.desc(), _index.c.report_id)
-        .limit(_ROW_LIMIT)
+        .order_by(_reports.c.updated_at.desc(), _reports.c.id)
+        .limit(MATCH_ALERT_LIMIT),
+        {"now": utcnow()},
     )
-    conn = session.connection()
-    found: dict[str, _Match] = {}
-    for other_id, entity_type, digest, other_originator, level in conn.execute(
-        stmt, {"now": utcnow()}
-    ):
-        if IndexEntry(entity_type, digest) not in wanted:
-            continue
-        match = found.get(other_id)
-        if match is None:
-            if len(found) == MATCH_ALERT_LIMIT:
-                continue
-            match = found[other_id] = _Match(other_originator, level or "none")
-        match.entity_types.add(entity_type)
+    found = {
+        other_id: _Match(other_originator, level or "none", shared[other_id])
+        for other_id, other_originator, level in others
+    }
 
     emitted = 0
     trace: list[audit.Entry] = []

@@ -41,30 +41,27 @@ _VISIBLE = and_(
         text("report_access.level_after IN ('full', 'tearline', 'hit')"),
     ),
 )
-_SEARCH = (
+# Two statements, each one index lookup: the entities' index rows, then the caller's decisions
+# on those reports. Joined in one statement, a planner without statistics (SQLite) may start
+# from the member's decisions instead and visit all of them.
+_MATCHING = select(_index.c.report_id, _index.c.entity_type, _index.c.digest).where(
+    _index.c.digest.in_(bindparam("digests", expanding=True)),
+    _index.c.key_id == bindparam("key_id"),
+)
+_LEVELS = (
     select(
-        _index.c.report_id,
-        _index.c.entity_type,
-        _index.c.digest,
-        _reports.c.originator,
+        _access.c.report_id,
         effective_level(),
+        _access.c.report_updated_at,
+        _reports.c.originator,
     )
-    .select_from(
-        _index.join(
-            _access,
-            and_(
-                _access.c.report_id == _index.c.report_id,
-                _access.c.member_code == bindparam("member"),
-                _access.c.policy_hash == bindparam("policy_hash"),
-                _VISIBLE,
-            ),
-        ).join(_reports, _reports.c.id == _index.c.report_id)
-    )
+    .select_from(_access.join(_reports, _reports.c.id == _access.c.report_id))
     .where(
-        _index.c.digest.in_(bindparam("digests", expanding=True)),
-        _index.c.key_id == bindparam("key_id"),
+        _access.c.report_id.in_(bindparam("report_ids", expanding=True)),
+        _access.c.member_code == bindparam("member"),
+        _access.c.policy_hash == bindparam("policy_hash"),
+        _VISIBLE,
     )
-    .order_by(_access.c.report_updated_at.desc(), _index.c.report_id, _index.c.entity_type)
 )
 
 
@@ -97,12 +94,29 @@ def search(
         "key_id": index.key_id,
     }
     wanted = {(e.entity_type, e.digest) for e in entries}
-    hits: dict[tuple[str, str], Hit] = {}
-    for report_id, entity_type, digest, originator, level in conn.execute(_SEARCH, params):
+    matching = [
+        (report_id, entity_type)
+        for report_id, entity_type, digest in conn.execute(_MATCHING, params)
         # Digests are made with a key per type, so this only drops the impossible.
-        if (entity_type, digest) not in wanted:
-            continue
-        hits.setdefault((report_id, entity_type), Hit(report_id, originator, entity_type, level))
+        if (entity_type, digest) in wanted
+    ]
+    # Run even when nothing matched, so that "no index row" and "only hidden index rows" cost
+    # the same statements; an id no report has stands in for none (an empty IN list would
+    # leave the planner without the primary key to look up).
+    params["report_ids"] = sorted({report_id for report_id, _ in matching}) or [""]
+    visible = {row.report_id: row for row in conn.execute(_LEVELS, params)}
+    rows = sorted(
+        (
+            (visible[report_id], entity_type)
+            for report_id, entity_type in matching
+            if report_id in visible
+        ),
+        key=lambda pair: (-pair[0].report_updated_at.timestamp(), pair[0].report_id, pair[1]),
+    )
+    hits: dict[tuple[str, str], Hit] = {}
+    for row, entity_type in rows:
+        key = (row.report_id, entity_type)
+        hits.setdefault(key, Hit(row.report_id, row.originator, entity_type, row.level))
         if len(hits) == MAX_RESULTS:
             break
     found = list(hits.values())
