@@ -7,7 +7,7 @@ be compared with a digest of a name, and the index table reveals no value withou
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -75,7 +75,16 @@ def replace_entries(
 ) -> None:
     """Make `entries` the report's index rows (its current version's entities), in the
     caller's transaction."""
-    conn.execute(delete(_index).where(_index.c.report_id == report_id))
+    replace_batch(conn, index, {report_id: list(entries)})
+
+
+def replace_batch(
+    conn: Connection, index: BlindIndex, entries: Mapping[str, Iterable[IndexEntry]]
+) -> None:
+    """`replace_entries` for several reports at once: one DELETE, one INSERT."""
+    if not entries:
+        return
+    conn.execute(delete(_index).where(_index.c.report_id.in_(sorted(entries))))
     rows = [
         {
             "report_id": report_id,
@@ -83,7 +92,8 @@ def replace_entries(
             "digest": e.digest,
             "key_id": index.key_id,
         }
-        for e in dict.fromkeys(entries)
+        for report_id, report_entries in entries.items()
+        for e in dict.fromkeys(report_entries)
     ]
     if rows:
         conn.execute(_index.insert(), rows)

@@ -94,6 +94,8 @@ _LATIN_LETTERS = str.maketrans(
 
 
 def _ascii_digits(text: str) -> str:
+    if text.isascii():  # the common case, and the only digits it can hold are ASCII already
+        return text
     return "".join(str(unicodedata.decimal(char)) if char.isdecimal() else char for char in text)
 
 
