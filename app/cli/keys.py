@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import typer
 
-from app.cli.common import fail, settings_or_exit
+from app.audit import service as audit
+from app.cli.common import fail, session_scope, settings_or_exit
 from app.keys.provider import KeyringError, LocalKeyring
+from app.kit import crypto
+from app.search.index import BlindIndex
 
 app = typer.Typer(help="Service keys.", no_args_is_help=True)
 
@@ -39,7 +42,24 @@ def rotate_index() -> None:
         keyring = LocalKeyring.load(
             settings.data_dir, require_strict_permissions=not settings.is_development
         )
-        keyring.rotate_index_key()
     except KeyringError as exc:
         raise fail(f"refused: {exc}") from None
-    typer.echo("index key replaced; now run `tearline search reindex`")
+    key = crypto.new_key()
+    old_id, new_id = BlindIndex(keyring.index_key()).key_id, BlindIndex(key).key_id
+    # Recorded first: a rotation that cannot be audited does not happen.
+    with session_scope(settings) as session:
+        audit.record(
+            session,
+            audit.OPERATOR,
+            audit.Entry(
+                action="key.rotate_index",
+                decision="allow",
+                target="index_key",
+                reasons=(f"old:{old_id}", f"new:{new_id}"),
+            ),
+        )
+    try:
+        keyring.rotate_index_key(key)
+    except KeyringError as exc:
+        raise fail(f"refused: {exc}") from None
+    typer.echo(f"index key {old_id} replaced by {new_id}; now run `tearline search reindex`")

@@ -294,11 +294,13 @@ class LocalKeyring(_MaterialView, KeyProvider):
         self._persist(self._material.with_master_key(version, crypto.new_key()))
         return version
 
-    def rotate_index_key(self) -> None:
-        """Replace the blind-index key and persist it. The index must then be rebuilt
-        (`tearline search reindex`): rows made with the old key are no longer found."""
+    def rotate_index_key(self, key: SecretBytes | None = None) -> None:
+        """Replace the blind-index key (by `key`, or a fresh one) and persist it. The index must
+        then be rebuilt (`tearline search reindex`): rows of the old key are no longer found."""
         self.reload()
-        self._persist(self._material.with_index_key(crypto.new_key()))
+        material = self._material.with_index_key(key or crypto.new_key())
+        _check_distinct(material, lambda reason: KeyringError(f"keyring {self._path}: {reason}"))
+        self._persist(material)
 
     def add_signing_key(self) -> str:
         """Add a new ES256 signing key as the current one, persist it, and return its kid."""

@@ -923,8 +923,10 @@ def redecide_batch(
             .order_by(_reports.c.id)
             .with_for_update()
         )
+        locked = conn.execute(current).all()
+        # Read after the lock: an approval committed while this batch waited is seen.
         grants = active_grants(conn, ids)
-        for row in conn.execute(current):
+        for row in locked:
             report = StoredReport.from_row(row)
             decide_again(session, state, report, grants.get(report.id, []))
     return ids

@@ -294,7 +294,8 @@ def decide_request(
         )
         decisions = reports.decide_again(session, state, report)
         # Clearance still applies: the grant may have changed nothing.
-        reasons.append(f"level:{decisions[request.requester].level.value}")
+        granted = decisions.get(request.requester)
+        reasons.append(f"level:{granted.level.value if granted else 'none'}")
         if expires_at is not None:
             reasons.append(f"expires:{expires_at.isoformat()}")
     events.emit(

@@ -21,9 +21,8 @@ from app.search.index import BlindIndex, IndexEntry
 from app.search.models import EntityIndex
 from app.webhooks import service as events
 
-# A value held by very many reports (a common name) alerts on the most recent ones only: the
-# alert says "others hold this", and a search lists them all.
-MATCH_ALERT_LIMIT = 100
+# Report ids per statement: well below the bound-parameter limits of SQLite and psycopg.
+ID_CHUNK = 500
 VISIBLE_LEVELS = frozenset({"full", "tearline", "hit"})
 
 _index = cast(Table, EntityIndex.__table__)
@@ -77,22 +76,23 @@ def alert_matches(
         _access.c.member_code == originator,
         _access.c.policy_hash == policy_hash,
     )
-    others = conn.execute(
-        select(_reports.c.id, _reports.c.originator, effective_level())
-        .select_from(_reports.outerjoin(_access, own_access))
-        .where(
-            _reports.c.id.in_(sorted(shared)),
-            _reports.c.originator != originator,
-            _reports.c.status == "active",
+    found: dict[str, _Match] = {}
+    ids = sorted(shared)
+    # Every matching report, in bounded chunks: a cap would have to count reports one side may
+    # not see, and whether an alert came would then tell how many of them exist.
+    for start in range(0, len(ids), ID_CHUNK):
+        others = conn.execute(
+            select(_reports.c.id, _reports.c.originator, effective_level())
+            .select_from(_reports.outerjoin(_access, own_access))
+            .where(
+                _reports.c.id.in_(ids[start : start + ID_CHUNK]),
+                _reports.c.originator != originator,
+                _reports.c.status == "active",
+            ),
+            {"now": utcnow()},
         )
-        .order_by(_reports.c.updated_at.desc(), _reports.c.id)
-        .limit(MATCH_ALERT_LIMIT),
-        {"now": utcnow()},
-    )
-    found = {
-        other_id: _Match(other_originator, level or "none", shared[other_id])
-        for other_id, other_originator, level in others
-    }
+        for other_id, other_originator, level in others:
+            found[other_id] = _Match(other_originator, level or "none", shared[other_id])
 
     emitted = 0
     trace: list[audit.Entry] = []

@@ -311,8 +311,11 @@ def _phone(value: str) -> str:
     if compact.startswith("00"):
         compact = "+" + compact[2:]
     if not compact.startswith("+"):
-        # A national number means different lines in different countries: no canonical form.
-        raise InvalidEntity("phone numbers need a country code (+ or 00)")
+        if not compact.isdigit() or compact.startswith("0"):
+            # A national number means different lines in different countries: no canonical form.
+            raise InvalidEntity("phone numbers need a country code (+, 00 or its digits first)")
+        # Digits that start with a country code ("964 770 123 4567"), as often written.
+        compact = "+" + compact
     try:
         number = phonenumbers.parse(compact, None)
     except phonenumbers.NumberParseException:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import cast
+from typing import Any, cast
 
 from sqlalchemy import Connection, Table, and_, bindparam, or_, select, text
 from sqlalchemy.orm import Session
@@ -23,6 +23,8 @@ from app.search.schemas import SearchIn
 
 # A search answers at most this many (report, entity type) pairs, newest reports first.
 MAX_RESULTS = 1000
+# Report ids per statement: well below the bound-parameter limits of SQLite and psycopg.
+ID_CHUNK = 500
 
 _index = cast(Table, EntityIndex.__table__)
 _reports = cast(Table, Report.__table__)
@@ -103,8 +105,12 @@ def search(
     # Run even when nothing matched, so that "no index row" and "only hidden index rows" cost
     # the same statements; an id no report has stands in for none (an empty IN list would
     # leave the planner without the primary key to look up).
-    params["report_ids"] = sorted({report_id for report_id, _ in matching}) or [""]
-    visible = {row.report_id: row for row in conn.execute(_LEVELS, params)}
+    ids = sorted({report_id for report_id, _ in matching}) or [""]
+    visible: dict[str, Any] = {}
+    # In bounded chunks: one IN list per statement stays under the bound-parameter limits.
+    for start in range(0, len(ids), ID_CHUNK):
+        params["report_ids"] = ids[start : start + ID_CHUNK]
+        visible.update((row.report_id, row) for row in conn.execute(_LEVELS, params))
     rows = sorted(
         (
             (visible[report_id], entity_type)
@@ -192,7 +198,9 @@ def reindex_batch(
     report keeps none. Returns the last id done, None when no report is left. A value that the
     rules in force refuse (stored before they changed) is skipped and counted, not indexed.
     """
-    stmt = _CURRENT_VERSION.limit(batch)
+    # Locked (PostgreSQL; SQLite runs one writer at a time): an update committing meanwhile
+    # would otherwise get the rows of the version it replaced back.
+    stmt = _CURRENT_VERSION.limit(batch).with_for_update(of=_reports)
     if after is not None:
         stmt = stmt.where(_reports.c.id > after)
     conn = session.connection()

@@ -73,9 +73,14 @@ class TestReindex:
             entry = session.execute(
                 select(AuditEntry).where(AuditEntry.action == "search.reindex")
             ).scalar_one()
+            rotation = session.execute(
+                select(AuditEntry).where(AuditEntry.action == "key.rotate_index")
+            ).scalar_one()
         assert entry.client == "operator"
         assert f"key:{index.key_id}" in entry.reasons
         assert "reports:3" in entry.reasons
+        assert rotation.client == "operator"
+        assert rotation.reasons == [f"old:{old_key}", f"new:{index.key_id}"]
 
     def test_reindex_is_idempotent(self, fresh_world: World) -> None:
         fresh_world.submit("DEU", entities=[{"type": "iban", "value": valid_iban()}])

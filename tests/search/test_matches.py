@@ -8,6 +8,7 @@ from sqlalchemy import select
 
 from app.audit.models import AuditEntry
 from app.db import transaction
+from app.search import matches as search_matches
 from app.webhooks.models import Event
 from tests.conftest import World, report_body
 from tests.search.test_index import valid_iban
@@ -112,3 +113,15 @@ class TestMatchAlerts:
             [("FRA", f"report:{first['id']}"), ("FRA", f"report:{second['id']}")]
         )
         assert all(iban not in str(r) for _, _, r in entries)
+
+
+class TestManyMatches:
+    def test_every_matching_report_is_alerted_across_statement_chunks(
+        self, world: World, monkeypatch: Any
+    ) -> None:
+        monkeypatch.setattr(search_matches, "ID_CHUNK", 2)
+        iban = valid_iban()
+        held = [world.submit(code, entities=iban_entity(iban)) for code in ("DEU", "ESP", "POL")]
+        mine = world.submit("FRA", entities=iban_entity(iban))
+        told = {d["matched_report_id"] for r, d in alerts(world, mine["id"]) if r == "FRA"}
+        assert told == {h["id"] for h in held}

@@ -153,9 +153,15 @@ class TestPhone:
     def test_numbers_differing_in_one_digit_stay_distinct(self) -> None:
         assert normalize("phone", "+964 770 123 4567") != normalize("phone", "+964 770 123 4568")
 
-    @pytest.mark.parametrize("value", ["0770 123 4567", "7701234567", "(0770) 123-4567"])
-    def test_phone_without_country_code_is_rejected(self, value: str) -> None:
-        assert_rejected_without_echo("phone", value, r"need a country code \(\+ or 00\)")
+    @pytest.mark.parametrize("value", ["0770 123 4567", "(0770) 123-4567", "0 770 123 4567"])
+    def test_national_number_with_trunk_prefix_is_rejected(self, value: str) -> None:
+        assert_rejected_without_echo("phone", value, r"need a country code \(\+, 00 or its")
+
+    def test_digits_that_start_with_the_country_code_fold_like_the_plus_form(self) -> None:
+        # domain.md: "a phone number with or without 00/+ and separators" folds to one form.
+        assert_all_fold_to(
+            "phone", ["964 770 123 4567", "9647701234567", "+964 770 123 4567"], "+9647701234567"
+        )
 
     @pytest.mark.parametrize("value", ["+964 770", "+964 770 123 4567 8901", "+999 123 456", "+"])
     def test_impossible_phone_number_is_rejected(self, value: str) -> None:

@@ -20,6 +20,7 @@ from sqlalchemy import select, text
 
 from app.audit.models import AuditEntry
 from app.db import transaction
+from app.search import service as search_service
 from tests.conftest import World, drop_database, make_world, report_body
 
 Entity = tuple[str, str]  # (type, value)
@@ -597,3 +598,18 @@ class TestSearchRateLimit:
             )
             assert response.status_code == 422
         assert search(slow_world, "DEU", ("iban", valid_iban())).status_code == 200
+
+
+class TestManyResults:
+    def test_results_span_statement_chunks_without_loss(
+        self, world: World, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setattr(search_service, "ID_CHUNK", 2)
+        iban = valid_iban()
+        held = [
+            world.submit(code, entities=[{"type": "iban", "value": iban}])
+            for code in ("DEU", "ESP", "POL", "NLD", "BGR")
+        ]
+        response = search(world, "GBR", ("iban", iban))
+        assert response.status_code == 200, response.text
+        assert {r["report_id"] for r in response.json()["results"]} == {h["id"] for h in held}
