@@ -18,6 +18,7 @@ from sqlalchemy import (
     and_,
     bindparam,
     case,
+    or_,
     text,
 )
 from sqlalchemy.orm import Mapped, mapped_column
@@ -156,6 +157,31 @@ class ReportGrant(Base):
     granted_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     # None: until revoked or purged.
     expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+
+
+_LEVELS = frozenset({"full", "tearline", "hit"})
+
+
+def level_in(levels: tuple[str, ...]) -> ColumnElement[bool]:
+    """A stored decision's level as of bind parameter `now` is one of `levels`.
+
+    Literal text: SQLite uses the partial index ix_report_access_readable only for a query that
+    repeats its condition, and a literal (unlike an expanding IN parameter) lets a compiled
+    statement be reused as is. A level resting on a grant that has expired counts only if the
+    level after it is in `levels` too.
+    """
+    if not levels or not set(levels) <= _LEVELS:
+        raise ValueError(f"levels must be some of {sorted(_LEVELS)}")
+    listed = ", ".join(f"'{level}'" for level in levels)
+    access = ReportAccess.__table__.c
+    return and_(
+        text(f"report_access.level IN ({listed})"),
+        or_(
+            access.expires_at.is_(None),
+            access.expires_at > bindparam("now", type_=UTCDateTime()),
+            text(f"report_access.level_after IN ({listed})"),
+        ),
+    )
 
 
 def effective_level() -> ColumnElement[str]:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 import dataclasses
 import hashlib
 import json
@@ -27,7 +25,6 @@ from sqlalchemy import (
     literal,
     or_,
     select,
-    text,
     tuple_,
 )
 from sqlalchemy.exc import IntegrityError
@@ -38,10 +35,11 @@ from app.auth.service import Principal
 from app.db import UTCDateTime, utcnow
 from app.errors import Conflict, NotFound, Unprocessable
 from app.keys.service import Envelope, field_aad
-from app.kit import crypto
+from app.kit import crypto, pagination
 from app.kit.crypto import CorruptionError, SecretBytes
 from app.policy.service import (
     GROUPS,
+    READABLE_LEVELS,
     Audience,
     Classification,
     Decision,
@@ -50,7 +48,6 @@ from app.policy.service import (
     audience_of,
 )
 from app.reports.models import (
-    READABLE_PREDICATE,
     IdempotencyKey,
     Report,
     ReportAccess,
@@ -59,6 +56,7 @@ from app.reports.models import (
     ReportTopic,
     ReportVersion,
     effective_level,
+    level_in,
 )
 from app.reports.schemas import ReportIn
 from app.search import matches
@@ -563,18 +561,8 @@ _CIPHER_COLUMNS = (
 
 
 def _readable_level() -> ColumnElement[bool]:
-    # Literal text, as the partial index ix_report_access_readable spells it: SQLite uses the
-    # index only for a query repeating its condition, and a literal (unlike an expanding IN
-    # parameter) lets the compiled statement be reused as is. A level resting on a grant that
-    # has expired (bind parameter `now`) counts only if the level after it is readable too.
-    return and_(
-        text(f"report_access.{READABLE_PREDICATE}"),
-        or_(
-            _access.c.expires_at.is_(None),
-            _access.c.expires_at > bindparam("now", type_=UTCDateTime()),
-            text("report_access.level_after IN ('full', 'tearline')"),
-        ),
-    )
+    # The same condition as the partial index ix_report_access_readable (READABLE_PREDICATE).
+    return level_in(READABLE_LEVELS)
 
 
 def _readable(*, with_body: bool) -> Select[Any]:
@@ -767,20 +755,14 @@ class _Positioned(Protocol):
 
 def encode_cursor(report: _Positioned) -> str:
     """An opaque position after `report` in a newest-first listing."""
-    raw = json.dumps([report.updated_at.isoformat(), report.id]).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+    return pagination.encode_position(report.updated_at, report.id)
 
 
 def decode_cursor(cursor: str) -> tuple[datetime, str]:
     """The position in a cursor; Unprocessable if it was not made by encode_cursor."""
     try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        stamp, report_id = json.loads(raw)
-        position = datetime.fromisoformat(stamp)
-        if position.tzinfo is None or not isinstance(report_id, str):
-            raise ValueError("not a cursor of ours")
-        return position, report_id
-    except (ValueError, TypeError, binascii.Error) as exc:
+        return pagination.decode_position(cursor)
+    except ValueError as exc:
         raise Unprocessable(
             "The cursor is not valid.",
             [{"loc": ["query", "cursor"], "msg": "invalid cursor", "type": "cursor"}],

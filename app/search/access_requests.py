@@ -7,9 +7,6 @@ decided and stored at once; its expiry is honoured by reads on the clock, withou
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
@@ -23,6 +20,7 @@ from app.audit import service as audit
 from app.auth.service import Principal
 from app.db import UTCDateTime, utcnow
 from app.errors import Conflict, Forbidden, NotFound, Unprocessable
+from app.kit import pagination
 from app.policy.service import PolicyState
 from app.reports import service as reports
 from app.reports.models import Report, ReportAccess, ReportGrant, effective_level
@@ -316,26 +314,6 @@ def decide_request(
 Direction = Literal["incoming", "outgoing"]
 
 
-def _encode_cursor(view: RequestView) -> str:
-    raw = json.dumps([view.created_at.isoformat(), view.id]).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def _decode_cursor(cursor: str) -> tuple[datetime, str]:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        stamp, request_id = json.loads(raw)
-        position = datetime.fromisoformat(stamp)
-        if position.tzinfo is None or not isinstance(request_id, str):
-            raise ValueError("not a cursor of ours")
-        return position, request_id
-    except (ValueError, TypeError, binascii.Error) as exc:
-        raise Unprocessable(
-            "The cursor is not valid.",
-            [{"loc": ["query", "cursor"], "msg": "invalid cursor", "type": "cursor"}],
-        ) from exc
-
-
 def list_requests(
     conn: Connection,
     state: PolicyState,
@@ -359,7 +337,7 @@ def list_requests(
     elif status is not None:
         stmt = stmt.where(_requests.c.status == status)
     if cursor is not None:
-        after_time, after_id = _decode_cursor(cursor)
+        after_time, after_id = reports.decode_cursor(cursor)
         stmt = stmt.where(
             tuple_(_requests.c.created_at, _requests.c.id)
             < tuple_(literal(after_time, UTCDateTime()), literal(after_id))
@@ -377,5 +355,6 @@ def list_requests(
             f"items:{len(views)}",
         )
     )
-    next_cursor = _encode_cursor(views[-1]) if len(rows) > limit else None
+    last = views[-1] if len(rows) > limit else None
+    next_cursor = pagination.encode_position(last.created_at, last.id) if last else None
     return views, next_cursor

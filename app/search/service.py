@@ -6,16 +6,23 @@ import json
 from dataclasses import dataclass
 from typing import Any, cast
 
-from sqlalchemy import Connection, Table, and_, bindparam, or_, select, text
+from sqlalchemy import Connection, Table, and_, bindparam, select
 from sqlalchemy.orm import Session
 
 from app.audit import service as audit
 from app.auth.service import Principal
-from app.db import UTCDateTime, utcnow
+from app.db import utcnow
 from app.keys.service import Envelope
 from app.policy.service import PolicyState
 from app.reports import service as reports
-from app.reports.models import Report, ReportAccess, ReportKey, ReportVersion, effective_level
+from app.reports.models import (
+    Report,
+    ReportAccess,
+    ReportKey,
+    ReportVersion,
+    effective_level,
+    level_in,
+)
 from app.search.index import BlindIndex, IndexEntry, replace_batch
 from app.search.models import EntityIndex
 from app.search.normalize import InvalidEntity
@@ -35,14 +42,7 @@ _keys = cast(Table, ReportKey.__table__)
 # Every level that lets a member learn of a report: hit and above. A hidden report (none, or a
 # decision made under an older bundle) has no row matching this join, so it is never seen,
 # counted or timed apart from a report that does not exist.
-_VISIBLE = and_(
-    text("report_access.level IN ('full', 'tearline', 'hit')"),
-    or_(
-        _access.c.expires_at.is_(None),
-        _access.c.expires_at > bindparam("now", type_=UTCDateTime()),
-        text("report_access.level_after IN ('full', 'tearline', 'hit')"),
-    ),
-)
+_VISIBLE = level_in(("full", "tearline", "hit"))
 # Two statements, each one index lookup: the entities' index rows, then the caller's decisions
 # on those reports. Joined in one statement, a planner without statistics (SQLite) may start
 # from the member's decisions instead and visit all of them.
