@@ -60,7 +60,7 @@ from app.reports.models import (
 )
 from app.reports.schemas import ReportIn
 from app.search import matches
-from app.search.index import BlindIndex, IndexEntry, replace_entries
+from app.search.index import BlindIndex, IndexEntry, insert_entries, replace_entries
 
 CONTENT_FIELDS = ("title", "body", "summary", "entities")
 
@@ -236,7 +236,7 @@ def create(
     entities = seal_version(conn, envelope, report, payload)
     conn.execute(_topics.insert(), [{"report_id": report_id, "topic": t} for t in payload.topics])
     _store_decisions(session, report, decisions)
-    index_version(session, index, principal, report, decisions, entries, previous=())
+    index_version(session, index, principal, report, decisions, entries, previous=None)
     if idempotency_key is not None:
         _remember_key(session, principal, idempotency_key, digest, report_id)
     audit.record(
@@ -265,11 +265,18 @@ def index_version(
     report: StoredReport,
     decisions: dict[str, Decision],
     entries: list[IndexEntry],
-    previous: Iterable[IndexEntry],
+    previous: Iterable[IndexEntry] | None,
 ) -> None:
-    """Index the entities of the version just stored and alert on those it did not hold before."""
-    replace_entries(session.connection(), index, report.id, entries)
-    known = set(previous)
+    """Index the entities of the version just stored and alert on those it did not hold before.
+
+    `previous`: the entries of the version replaced; None for a new report (nothing to replace).
+    """
+    conn = session.connection()
+    if previous is None:
+        insert_entries(conn, index, {report.id: entries})
+    else:
+        replace_entries(conn, index, report.id, entries)
+    known = set(previous or ())
     matches.alert_matches(
         session,
         index,
@@ -278,13 +285,9 @@ def index_version(
         levels={code: d.level.value for code, d in decisions.items()},
         entries=[e for e in entries if e not in known],
         actor=principal.actor,
-        policy_hash=state_hash(decisions),
+        # The bundle the decisions were made under (every roster member has one).
+        policy_hash=next(iter(decisions.values())).policy_hash,
     )
-
-
-def state_hash(decisions: dict[str, Decision]) -> str:
-    """The bundle hash the decisions were made under."""
-    return next(iter(decisions.values())).policy_hash
 
 
 def originator_view(

@@ -85,6 +85,13 @@ def replace_batch(
     if not entries:
         return
     conn.execute(delete(_index).where(_index.c.report_id.in_(sorted(entries))))
+    insert_entries(conn, index, entries)
+
+
+def insert_entries(
+    conn: Connection, index: BlindIndex, entries: Mapping[str, Iterable[IndexEntry]]
+) -> None:
+    """Index rows for reports that have none yet (each report's entries deduplicated)."""
     rows = [
         {
             "report_id": report_id,
