@@ -3,8 +3,17 @@
 Hypothesis generates a small roster (states and bodies, chairs, clearances, mandates), forbid-only
 country files built from a few templates, and reports with random markings. Each example writes
 those into a policy directory of its own, starts the real app on a fresh database with it, submits
-the reports as their originators, and then asks, for every member, what `GET /v1/reports/{id}` and
-a paginated `GET /v1/reports` show.
+the reports as their originators, then grants and revokes (below), and then asks, for every
+member, what `GET /v1/reports/{id}` and a paginated `GET /v1/reports` show.
+
+Grants (rule 4): after submitting, a few (member, report) pairs where an active member has `hit`
+or `tearline` ask for access (`POST /v1/reports/{id}/access-requests`, 201) and the originator
+approves (`POST /v1/access-requests/{id}/decision`, 200, no expiry: expiry is tested in
+tests/search/). A grant gives `full` only if clearance allows and the originator's country does
+not forbid `read_full` to that member, so some grants change nothing, on purpose. Then at most
+one report in two, and at most two, is revoked by its originator (rule 2): every other member
+gets `none`, grants included, the originator keeps `full`, and the report counts as updated then
+(lists and searches order by last update).
 
 The expected level of every (member, report) pair comes from `reference_level`, a plain reading of
 product.md "Access model" written here; it never calls the app's loader or Cedar engine, so the
@@ -16,9 +25,9 @@ with `POST /v1/search`: it must find exactly the (report, entity type) pairs who
 is not `none`, at that level, newest reports first. `hit` and `none` both read as 404, so search
 and `POST /v1/policy/explain` (asked by the originator) are the two ways they are told apart.
 
-Not covered yet, on purpose: grants from approved access requests (rule 4), revocation and purge
-(rule 2) are tested on their own (tests/reports/test_lifecycle.py, tests/search/); here every
-report stays active and no example holds a grant.
+Not covered here, on purpose: expiring grants, denied requests and purge (rule 2) are tested on
+their own (tests/reports/test_lifecycle.py, tests/search/); no example updates a report or changes
+the bundle or roster once the app is up.
 
 `TEARLINE_ACCESS_MODEL_PROFILE=access-model-deep` runs many more examples, for a change to the
 policy code or the read paths.
@@ -334,14 +343,28 @@ class CountryRule:
         return f'@id("{policy_id}")\nforbid (principal, action in [{actions}], resource){when};\n'
 
 
-def reference_level(member: Member, report: Report, rules: tuple[CountryRule, ...]) -> str:
-    """product.md "Access model", rules 1, 3 and 5-7, read literally (no grants, no withdrawals)."""
+def reference_level(
+    member: Member,
+    report: Report,
+    rules: tuple[CountryRule, ...],
+    *,
+    granted: bool = False,
+    revoked: bool = False,
+) -> str:
+    """product.md "Access model", rules 1-7, read literally.
+
+    `granted`: the originator approved an access request of this member for this report, with no
+    expiry; `revoked`: the originator revoked the report (purge is not modelled).
+    """
     # Rule 1: the originator always has full. Rule 7 lets a country forbid levels to recipients;
     # the originator is not a recipient of its own report.
     if member.code == report.originator:
         return FULL
     # roster.yaml: "active: false suspends the member: it then gets no access at all".
     if not member.active:
+        return NONE
+    # Rule 2: a revoked report gives every other member none, grants and hits included.
+    if revoked:
         return NONE
     # Rule 7: only the originator's own country file applies, and it can only take levels away.
     forbidden = {
@@ -350,12 +373,18 @@ def reference_level(member: Member, report: Report, rules: tuple[CountryRule, ..
         if rule.country == report.originator and rule.who.holds(member) and rule.which.holds(report)
         for level in rule.levels
     }
-    # Rule 3
+    # Rules 3 and 4: both need clearance for the classification, and a country forbid of full
+    # takes either away. A grant needs neither releasability nor mandate.
     if (
         FULL not in forbidden
-        and member.selected_by(report.releasable_to)
         and rank(member.clearance) >= rank(report.classification)
-        and any(member.mandated_for(topic) for topic in report.topics)
+        and (
+            granted
+            or (
+                member.selected_by(report.releasable_to)
+                and any(member.mandated_for(topic) for topic in report.topics)
+            )
+        )
     ):
         return FULL
     # Rule 5: no mandate check, the tearline exists to be shared more widely.
@@ -379,6 +408,25 @@ class Scenario:
     rules: tuple[CountryRule, ...]
     reports: tuple[Report, ...]
     page_limit: int
+    # (report index, member code), in the order the requests are made and approved
+    grants: tuple[tuple[int, str], ...] = ()
+    # report indexes, in the order they are revoked (after every grant)
+    revocations: tuple[int, ...] = ()
+
+    def level(self, member: Member, index: int) -> str:
+        """The reference level once every report is submitted, granted and revoked."""
+        return reference_level(
+            member,
+            self.reports[index],
+            self.rules,
+            granted=(index, member.code) in self.grants,
+            revoked=index in self.revocations,
+        )
+
+    def newest_first(self) -> list[int]:
+        """Report indexes by last update, newest first: a revocation updates a report."""
+        kept = [index for index in range(len(self.reports)) if index not in self.revocations]
+        return [*kept, *self.revocations][::-1]
 
     def country_files(self) -> dict[str, str]:
         """The text of each `countries/<CODE>.cedar`, policies in rule order."""
@@ -402,6 +450,10 @@ class Scenario:
         lines.append("reports (in submission order):")
         for index, report in enumerate(self.reports):
             lines.append(f"  {index}: {report.submission(index)}")
+        for index, code in self.grants:
+            lines.append(f"{code} asks for report {index}, approved")
+        for index in self.revocations:
+            lines.append(f"report {index} revoked")
         lines.append(f"listing page size: {self.page_limit}")
         return "\n".join(lines)
 
@@ -507,11 +559,25 @@ def scenarios(draw: st.DrawFn) -> Scenario:
     submitted = tuple(draw(st.lists(reports(roster), min_size=1, max_size=5)))
     codes = tuple(m.code for m in roster)
     originators = tuple(dict.fromkeys(r.originator for r in submitted))
+    rules = draw(country_rules(codes, originators))
+    # api.md: a member may ask for access to a report it has at hit or tearline.
+    requestable = [
+        (index, member.code)
+        for index, report in enumerate(submitted)
+        for member in roster
+        if member.active and reference_level(member, report, rules) in (HIT, TEARLINE)
+    ]
+    grants = draw(_distinct(st.sampled_from(requestable), 0, 3)) if requestable else ()
+    revocations = draw(
+        _distinct(st.sampled_from(range(len(submitted))), 0, min(2, len(submitted) // 2))
+    )
     return Scenario(
         members=roster,
-        rules=draw(country_rules(codes, originators)),
+        rules=rules,
         reports=submitted,
         page_limit=draw(st.integers(min_value=1, max_value=3)),
+        grants=grants,
+        revocations=revocations,
     )
 
 
@@ -588,6 +654,7 @@ def submit_all(world: World, scenario: Scenario) -> tuple[list[str], list[str]]:
         assert response.status_code == 201, response.text
         created = response.json()
         ids.append(created["id"])
+        # announced at creation: before any grant or revocation
         levels = {m.code: reference_level(m, report, scenario.rules) for m in scenario.members}
         want = {level: sorted(c for c, lvl in levels.items() if lvl == level) for level in READABLE}
         if created["access"] != FULL or created["audience"] != want:
@@ -596,6 +663,53 @@ def submit_all(world: World, scenario: Scenario) -> tuple[list[str], list[str]]:
                 f"{created['access']}, want {want} at full"
             )
     return ids, problems
+
+
+def audience_of(scenario: Scenario, index: int) -> dict[str, list[str]]:
+    """The `audience` the originator is shown: who reads the report at full and at tearline."""
+    levels = {m.code: scenario.level(m, index) for m in scenario.members}
+    return {level: sorted(c for c, lvl in levels.items() if lvl == level) for level in READABLE}
+
+
+def grant_and_revoke(world: World, scenario: Scenario, ids: list[str]) -> list[str]:
+    """Each grant: the member asks, the originator approves; then each revocation, in order."""
+    problems: list[str] = []
+    for index, code in scenario.grants:
+        report = scenario.reports[index]
+        where = f"{code} asking for report {index} by {report.originator}"
+        asked = world.http.post(
+            f"/v1/reports/{ids[index]}/access-requests",
+            json={"justification": f"{code} needs report {index}"},
+            headers=world.headers(code),
+        )
+        if asked.status_code != 201:
+            # the member was drawn at hit or tearline, where a request is allowed
+            problems.append(f"{where}: {asked.status_code} {asked.text}, want 201")
+            continue
+        request = asked.json()
+        if (request["report_id"], request["requester"], request["status"]) != (
+            ids[index],
+            code,
+            "pending",
+        ):
+            problems.append(f"{where}: created {request}")
+        decided = world.http.post(
+            f"/v1/access-requests/{request['id']}/decision",
+            json={"approve": True},
+            headers=world.headers(report.originator),
+        )
+        if decided.status_code != 200 or decided.json()["status"] != "approved":
+            problems.append(f"{where}: decision {decided.status_code} {decided.text}")
+    for index in scenario.revocations:
+        report = scenario.reports[index]
+        revoked = world.http.post(
+            f"/v1/reports/{ids[index]}/revoke",
+            json={"reason": f"report {index} withdrawn"},
+            headers=world.headers(report.originator),
+        )
+        if revoked.status_code != 200 or revoked.json()["status"] != "revoked":
+            problems.append(f"revoking report {index}: {revoked.status_code} {revoked.text}")
+    return problems
 
 
 def explain_problems(world: World, scenario: Scenario, ids: list[str]) -> list[str]:
@@ -610,7 +724,7 @@ def explain_problems(world: World, scenario: Scenario, ids: list[str]) -> list[s
             )
             assert response.status_code == 200, response.text
             got = response.json()["level"]
-            want = reference_level(member, report, scenario.rules)
+            want = scenario.level(member, index)
             if got != want:
                 problems.append(
                     f"{member.code} on report {index} by {report.originator}: explained {got} "
@@ -626,7 +740,7 @@ def read_problems(world: World, scenario: Scenario, member: Member, ids: list[st
     assert missing.status_code == 404
     problems: list[str] = []
     for index, (report, report_id) in enumerate(zip(scenario.reports, ids, strict=True)):
-        want = reference_level(member, report, scenario.rules)
+        want = scenario.level(member, index)
         response = world.get(code, report_id)
         got = response.json().get("access") if response.status_code == 200 else None
         where = f"{code} on report {index} by {report.originator}"
@@ -638,17 +752,29 @@ def read_problems(world: World, scenario: Scenario, member: Member, ids: list[st
             problems.append(f"{where}: GET {response.status_code} {got}, want {want}")
         else:
             own = code == report.originator
-            shown = content_problems(response.json(), want, index, report, listed=False, own=own)
+            item = response.json()
+            shown = content_problems(item, want, index, report, listed=False, own=own)
+            shown += status_problems(item, scenario, index)
+            if own and item.get("audience") != audience_of(scenario, index):
+                shown.append(
+                    f"audience {item.get('audience')}, want {audience_of(scenario, index)}"
+                )
             problems += [f"{where}: {p}" for p in shown]
     return problems
+
+
+def status_problems(item: dict[str, Any], scenario: Scenario, index: int) -> list[str]:
+    """A readable report is active, or revoked if its originator reads it."""
+    want = "revoked" if index in scenario.revocations else "active"
+    return [] if item.get("status") == want else [f"status {item.get('status')!r}, want {want}"]
 
 
 def list_problems(world: World, scenario: Scenario, member: Member, ids: list[str]) -> list[str]:
     """`GET /v1/reports`, page by page: exactly the readable reports, once each, newest first."""
     code = member.code
     want = {}
-    for report, report_id in zip(scenario.reports, ids, strict=True):
-        level = reference_level(member, report, scenario.rules)
+    for index, report_id in enumerate(ids):
+        level = scenario.level(member, index)
         if level in READABLE:
             want[report_id] = level
     items, problems = listed(world, code, scenario.page_limit)
@@ -669,6 +795,7 @@ def list_problems(world: World, scenario: Scenario, member: Member, ids: list[st
             report = scenario.reports[index]
             own = code == report.originator
             shown = content_problems(item, item["access"], index, report, listed=True, own=own)
+            shown += status_problems(item, scenario, index)
             problems += [f"report {index}: {p}" for p in shown]
     return [f"{code} listing: {p}" for p in problems]
 
@@ -717,7 +844,7 @@ def search_problems(world: World, scenario: Scenario, member: Member, ids: list[
     ]
     want = []
     for index, report in enumerate(scenario.reports):
-        level = reference_level(member, report, scenario.rules)
+        level = scenario.level(member, index)
         if level != NONE:
             want += [(index, report.originator, kind, level) for kind in report.entity_types]
     problems = []
@@ -725,9 +852,13 @@ def search_problems(world: World, scenario: Scenario, member: Member, ids: list[
         problems.append(f"finds {sorted(got)}, want {sorted(want)}")
     if len(got) != len(set(got)):
         problems.append(f"a result is repeated: {got}")
-    order = [index for index, *_ in got]
-    if order != sorted(order, reverse=True):
-        problems.append(f"not newest first: reports {order}")
+    recency = {index: position for position, index in enumerate(scenario.newest_first())}
+    order = [recency.get(index, -1) for index, *_ in got]
+    if order != sorted(order):
+        problems.append(
+            f"not newest first: reports {[index for index, *_ in got]}, "
+            f"want the order {scenario.newest_first()}"
+        )
     return [f"{code} search: {p}" for p in problems]
 
 
@@ -763,6 +894,7 @@ class TestAccessModelThroughTheApi:
     ) -> None:
         with world_on(tmp_path_factory.mktemp("access-model"), scenario) as world:
             ids, problems = submit_all(world, scenario)
+            problems += grant_and_revoke(world, scenario, ids)
             problems += explain_problems(world, scenario, ids)
             for member in scenario.members:
                 if member.active:
