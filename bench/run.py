@@ -166,13 +166,15 @@ def export_ref(ref: str, cleanup: Cleanup) -> dict[str, Any]:
     return {"ref": ref, "commit": commit, "dirty": False, "exported_to": str(target)}
 
 
-def tearline_cmd(procs: Processes, args: list[str], env: dict[str, str], cwd: Path) -> str:
-    """Run a short `tearline` command to completion (bounded in time); its stdout."""
+def tearline_cmd(
+    procs: Processes, args: list[str], env: dict[str, str], cwd: Path, timeout: float = 180
+) -> str:
+    """Run a `tearline` command to completion (bounded in time); its stdout."""
     proc = procs.start([*TEARLINE, *args], env=env, cwd=cwd, capture=True)
     try:
-        out, err = proc.communicate(timeout=180)
+        out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired as exc:
-        raise BenchError(f"`tearline {' '.join(args)}` did not finish in 180 s") from exc
+        raise BenchError(f"`tearline {' '.join(args)}` did not finish in {timeout:.0f} s") from exc
     finally:
         procs.stop(proc)
     if proc.returncode != 0:

@@ -141,7 +141,9 @@ class SearchBench:
             print("tearline db upgrade, then search reindex ...", flush=True)
             tearline_cmd(self.cleanup.procs, ["db", "upgrade"], self.env, self.tmp)
             t0 = time.perf_counter()
-            out = tearline_cmd(self.cleanup.procs, ["search", "reindex"], self.env, self.tmp)
+            out = tearline_cmd(
+                self.cleanup.procs, ["search", "reindex"], self.env, self.tmp, timeout=4 * 3600
+            )
             seconds = time.perf_counter() - t0
             reindex = {"seconds": seconds, "reports": args.reports, "output": out.splitlines()[-1]}
             print(
