@@ -137,7 +137,10 @@ class SearchBench:
         server = Server(self.cleanup, self.env, self.tmp, port)
         sizes: list[dict[str, Any]] = []
         reindex = None
-        if args.database or args.data_dir:
+        if args.skip_reindex:
+            self.settle()
+            sizes.append(self.measure_size(args.reports, server))
+        elif args.database or args.data_dir:
             print("tearline db upgrade, then search reindex ...", flush=True)
             tearline_cmd(self.cleanup.procs, ["db", "upgrade"], self.env, self.tmp)
             t0 = time.perf_counter()
@@ -315,6 +318,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--reports", type=int, default=0, help="how many reports the existing database holds"
+    )
+    parser.add_argument(
+        "--skip-reindex",
+        action="store_true",
+        help="with --database: its index is built already (`tearline search reindex` ran)",
     )
     parser.add_argument("--no-throughput", action="store_true")
     parser.add_argument("--duration", type=float, default=10.0, help="wrk seconds per measurement")

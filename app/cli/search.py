@@ -18,6 +18,9 @@ app = typer.Typer(help="The blind index of entities.", no_args_is_help=True)
 @app.command("reindex")
 def reindex(
     batch: Annotated[int, typer.Option(min=1, max=10_000, help="Reports per transaction.")] = 500,
+    after: Annotated[
+        str | None, typer.Option(help="Resume after this report id (printed as it goes).")
+    ] = None,
 ) -> None:
     """Rebuild every report's index rows with the index key in force (after it was rotated,
     or after the normalisation rules changed). Safe to interrupt and run again."""
@@ -25,7 +28,6 @@ def reindex(
     with refusals():
         state = bootstrap.build_state(settings)
     tally = ReindexTally()
-    after: str | None = None
     try:
         while True:
             with transaction(state.sessionmaker) as session:
@@ -34,7 +36,9 @@ def reindex(
                 )
             if after is None:
                 break
-            typer.echo(f"  {tally.reports:,} reports, {tally.entities:,} entities indexed")
+            typer.echo(
+                f"  {tally.reports:,} reports, {tally.entities:,} entities indexed; last {after}"
+            )
         with transaction(state.sessionmaker) as session:
             audit.record(
                 session,

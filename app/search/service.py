@@ -202,7 +202,11 @@ def reindex_batch(
     # would otherwise get the rows of the version it replaced back.
     stmt = _CURRENT_VERSION.limit(batch).with_for_update(of=_reports)
     if after is not None:
-        stmt = stmt.where(_reports.c.id > after)
+        # Spelled out for each table: a merge join would otherwise walk the versions' and keys'
+        # indexes from their start on every batch, making a whole pass quadratic.
+        stmt = stmt.where(
+            _reports.c.id > after, _versions.c.report_id > after, _keys.c.report_id > after
+        )
     conn = session.connection()
     rows = conn.execute(stmt).all()
     batch_entries: dict[str, list[IndexEntry]] = {}
