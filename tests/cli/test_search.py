@@ -88,3 +88,12 @@ class TestReindex:
         assert run(fresh_world, "search", "reindex")[0] == 0
         assert run(fresh_world, "search", "reindex")[0] == 0
         assert rows(fresh_world) == before
+
+    def test_reindex_after_an_id_resumes_there(self, fresh_world: World) -> None:
+        created = sorted(
+            fresh_world.submit("DEU", entities=[{"type": "iban", "value": valid_iban()}])["id"]
+            for _ in range(3)
+        )
+        code, output = run(fresh_world, "search", "reindex", "--after", created[0])
+        assert code == 0, output
+        assert "reindexed 2 reports (2 entities" in output
