@@ -198,17 +198,18 @@ def reindex_batch(
     report keeps none. Returns the last id done, None when no report is left. A value that the
     rules in force refuse (stored before they changed) is skipped and counted, not indexed.
     """
-    # Locked (PostgreSQL; SQLite runs one writer at a time): an update committing meanwhile
-    # would otherwise get the rows of the version it replaced back.
-    stmt = _CURRENT_VERSION.limit(batch).with_for_update(of=_reports)
+    # The batch's ids first, one range of the reports' primary key: joined in one statement, a
+    # planner may hash every remaining report (or merge-walk the other tables from their start)
+    # for each batch, which makes a whole pass quadratic. Locked (PostgreSQL; SQLite runs one
+    # writer at a time): an update committing meanwhile would get its replaced version's rows.
+    ids_stmt = select(_reports.c.id).order_by(_reports.c.id).limit(batch).with_for_update()
     if after is not None:
-        # Spelled out for each table: a merge join would otherwise walk the versions' and keys'
-        # indexes from their start on every batch, making a whole pass quadratic.
-        stmt = stmt.where(
-            _reports.c.id > after, _versions.c.report_id > after, _keys.c.report_id > after
-        )
+        ids_stmt = ids_stmt.where(_reports.c.id > after)
     conn = session.connection()
-    rows = conn.execute(stmt).all()
+    ids: list[str] = list(conn.scalars(ids_stmt))
+    if not ids:
+        return None
+    rows = conn.execute(_CURRENT_VERSION.where(_reports.c.id.in_(ids))).all()
     batch_entries: dict[str, list[IndexEntry]] = {}
     for row in rows:
         m = row._mapping
@@ -232,4 +233,4 @@ def reindex_batch(
         tally.entities += len(set(entries))
     # One DELETE and one multi-row INSERT for the batch, not two statements per report.
     replace_batch(conn, index, batch_entries)
-    return rows[-1]._mapping["id"] if rows else None
+    return ids[-1]
