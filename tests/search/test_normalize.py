@@ -3,10 +3,13 @@
 # ruff: noqa: RUF001 -- the cases are look-alike spellings (full-width digits, curly quotes) on purpose
 from __future__ import annotations
 
+from typing import get_args
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from app.reports.schemas import EntityType
 from app.search.normalize import ENTITY_TYPES, InvalidEntity, normalize
 
 IRAQ_IBAN = "IQ98NBIQ850123456789012"
@@ -501,3 +504,8 @@ class TestProperties:
             return
         assert result
         assert result == result.strip()
+
+
+class TestTypes:
+    def test_every_type_the_api_accepts_has_a_normalisation(self) -> None:
+        assert set(get_args(EntityType)) == set(ENTITY_TYPES)
