@@ -18,6 +18,7 @@ index rebuilt first (`tearline db upgrade`, `tearline search reindex`), and the 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import random
@@ -236,29 +237,19 @@ class SearchBench:
             auth = server.auth(args.state)
             url = f"{server.base}/v1/search"
             rounds = []
+            search_load = functools.partial(
+                run_wrk,
+                self.cleanup.procs,
+                wrk,
+                url=url,
+                mode="POST",
+                settings=settings,
+                auth=auth,
+                body_file=body_file,
+            )
             for _ in range(args.repeat):
-                run_wrk(
-                    self.cleanup.procs,
-                    wrk,
-                    name="warmup",
-                    url=url,
-                    mode="POST",
-                    settings=settings,
-                    duration=settings.warmup,
-                    auth=auth,
-                    body_file=body_file,
-                )
-                found = run_wrk(
-                    self.cleanup.procs,
-                    wrk,
-                    name="search",
-                    url=url,
-                    mode="POST",
-                    settings=settings,
-                    duration=settings.duration,
-                    auth=auth,
-                    body_file=body_file,
-                )
+                search_load(name="warmup", duration=settings.warmup)
+                found = search_load(name="search", duration=settings.duration)
                 baseline = run_wrk(
                     self.cleanup.procs,
                     wrk,
