@@ -15,14 +15,17 @@ from app.reports.models import (
     ReportVersion,
 )
 from app.search.models import AccessRequest, EntityIndex
-from app.webhooks.models import Event
+from app.webhooks.models import Attempt, Cursor, Delivery, Event, Subscription
 
 __all__ = [
     "AccessRequest",
+    "Attempt",
     "AuditEntry",
     "Base",
     "Client",
     "ClientKey",
+    "Cursor",
+    "Delivery",
     "EntityIndex",
     "Event",
     "IdempotencyKey",
@@ -34,5 +37,6 @@ __all__ = [
     "ReportKey",
     "ReportTopic",
     "ReportVersion",
+    "Subscription",
     "UsedAssertion",
 ]
