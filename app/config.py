@@ -43,6 +43,20 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     # Searches per client and minute (a token bucket per process; bursts up to the same number).
     search_rate_per_minute: int = Field(default=120, ge=1)
+    # Webhooks. Retry delays in seconds after the first, second, ... failed attempt (each with
+    # up to 20 % jitter; a longer Retry-After wins); the delivery fails after the last one.
+    webhook_retry_schedule: tuple[float, ...] = (5, 300, 1800, 7200, 18000, 36000, 36000)
+    # A subscription whose every attempt has failed for this long is disabled, its owner told.
+    webhook_disable_after_seconds: float = Field(default=5 * 86400, gt=0)
+    # How long the secret before a rotation keeps signing beside the new one.
+    webhook_secret_overlap_seconds: float = Field(default=86400, ge=0, le=7 * 86400)
+    webhook_timeout_seconds: float = Field(default=10, gt=0, le=60)
+    # Whether `tearline serve` dispatches webhooks itself (the embedded default), or leaves
+    # that to `tearline worker` processes.
+    webhook_dispatch_in_serve: bool = True
+    webhook_poll_seconds: float = Field(default=0.5, gt=0, le=60)
+    # Deliveries one dispatcher sends at once.
+    webhook_concurrency: int = Field(default=32, ge=1, le=512)
 
     @model_validator(mode="after")
     def _check_production(self) -> Settings:
@@ -76,6 +90,10 @@ class Settings(BaseSettings):
         if self.webhook_allow_private is None:
             return self.is_development
         return self.webhook_allow_private
+
+    @property
+    def require_https_webhooks(self) -> bool:
+        return not self.is_development
 
     @property
     def keyring_path(self) -> Path:

@@ -25,6 +25,8 @@ from app.policy.endpoints import router as policy_router
 from app.reports.endpoints import router as reports_router
 from app.search.endpoints import router as search_router
 from app.state import AppState
+from app.webhooks import dispatcher
+from app.webhooks.endpoints import router as webhooks_router
 
 log = logging.getLogger("tearline.policy")
 
@@ -61,7 +63,10 @@ def create_app(settings: Settings | None = None, *, state: AppState | None = Non
             bootstrap.upgrade_database(settings.resolved_database_url)
         bootstrap.prepare_database(state)
         hangup = _reload_on_sighup(state)
+        running = dispatcher.start(state) if settings.webhook_dispatch_in_serve else None
         yield
+        if running is not None:
+            await running.stop()
         if hangup:
             asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
         # Entries of requests that were cancelled (a client gone) are still written.
@@ -102,4 +107,5 @@ def create_app(settings: Settings | None = None, *, state: AppState | None = Non
     app.include_router(members_router)
     app.include_router(policy_router)
     app.include_router(search_router)
+    app.include_router(webhooks_router)
     return app

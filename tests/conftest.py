@@ -149,6 +149,8 @@ def make_world(tmp_dir: Path, database_url: str | None = None, **settings_overri
     tmp_dir.mkdir(parents=True, exist_ok=True)
     url = database_url or new_database_url(tmp_dir)
     settings_overrides.setdefault("policy_dir", PROJECT_ROOT / "policies")
+    # Tests that deliver webhooks drive a dispatcher themselves, step by step.
+    settings_overrides.setdefault("webhook_dispatch_in_serve", False)
     settings = Settings(
         env="development",
         data_dir=tmp_dir / "data",

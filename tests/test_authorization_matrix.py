@@ -437,6 +437,76 @@ def _decide_access_request(world: World, ctx: dict[str, Any]) -> None:
     assert decided.json()["status"] == "denied"
 
 
+DEAD_URL = "http://127.0.0.1:9/hook"  # the discard port: nothing listens in tests
+MISSING_ID = "00000000-0000-4000-8000-000000000000"
+
+
+def _own_webhook(world: World, code: str = "USA") -> str:
+    response = world.http.post(
+        "/v1/webhooks",
+        json={"url": DEAD_URL, "events": ["report.created"]},
+        headers=world.headers(code),
+    )
+    assert response.status_code == 201, response.text
+    webhook_id: str = response.json()["id"]
+    return webhook_id
+
+
+def _webhook_route(method: str, path: str, *, json: Any = None, delivery: bool = False) -> Check:
+    """Scopes as _protected; a subscription exists for its member only: any other member gets
+    the same 404 as for an id that does not exist."""
+
+    def check(world: World, ctx: dict[str, Any]) -> None:
+        webhook_id = _own_webhook(world)
+        delivery_id = MISSING_ID
+        if delivery:
+            ping = world.http.post(f"/v1/webhooks/{webhook_id}/ping", headers=world.headers("USA"))
+            delivery_id = ping.json()["delivery_id"]
+        ids = {"webhook_id": webhook_id, "delivery_id": delivery_id}
+        url = path.format(**ids)
+        # DEU, whose subscription this is not, holds the scope: the 404 below is need-to-know.
+        anonymous = world.http.request(method, url, json=json)
+        assert anonymous.status_code == 401
+        lacking = world.http.request(
+            method, url, json=json, headers=world.headers("USA", scope="reports:read")
+        )
+        assert lacking.status_code == 403
+        other = world.http.request(method, url, json=json, headers=world.headers("NZL"))
+        missing = world.http.request(
+            method,
+            path.format(webhook_id=MISSING_ID, delivery_id=delivery_id),
+            json=json,
+            headers=world.headers("NZL"),
+        )
+        assert other.status_code == missing.status_code == 404
+        assert other.json() == missing.json()
+        own = world.http.request(method, url, json=json, headers=world.headers("USA"))
+        # A fresh ping is pending: retrying it is a conflict, not a refusal.
+        assert own.status_code in ((409,) if delivery else (200, 202, 204)), own.text
+
+    return check
+
+
+def _sync(world: World, ctx: dict[str, Any]) -> None:
+    """The feed holds events of reports the caller may read, and nothing of the others."""
+    _protected("GET", "/v1/sync", "reports:read")(world, ctx)
+
+    def feed(code: str) -> set[str]:
+        seen: set[str] = set()
+        cursor = None
+        while True:
+            params = {"limit": 500, **({"cursor": cursor} if cursor else {})}
+            page = world.http.get("/v1/sync", params=params, headers=world.headers(code)).json()
+            seen |= {e["data"].get("report_id") for e in page["events"]}
+            if not page["events"]:
+                return seen
+            cursor = page["next_cursor"]
+
+    assert ctx["report_id"] in feed("USA")
+    assert ctx["report_id"] in feed("ITA")
+    assert ctx["report_id"] not in feed("NZL")
+
+
 ROUTES: dict[tuple[str, str], Check] = {
     ("GET", "/.well-known/oauth-authorization-server"): lambda w, c: _public(
         w, c, "GET", "/.well-known/oauth-authorization-server"
@@ -486,6 +556,27 @@ ROUTES: dict[tuple[str, str], Check] = {
     ("GET", "/v1/access-requests"): _protected("GET", "/v1/access-requests", "reports:read"),
     ("GET", "/v1/access-requests/{request_id}"): _access_request_by_id,
     ("POST", "/v1/access-requests/{request_id}/decision"): _decide_access_request,
+    ("POST", "/v1/webhooks"): _protected(
+        "POST", "/v1/webhooks", "webhooks", json={"url": DEAD_URL, "events": ["report.created"]}
+    ),
+    ("GET", "/v1/webhooks"): _protected("GET", "/v1/webhooks", "webhooks"),
+    ("GET", "/v1/webhooks/{webhook_id}"): _webhook_route("GET", "/v1/webhooks/{webhook_id}"),
+    ("DELETE", "/v1/webhooks/{webhook_id}"): _webhook_route(
+        "DELETE", "/v1/webhooks/{webhook_id}"
+    ),
+    ("POST", "/v1/webhooks/{webhook_id}/rotate-secret"): _webhook_route(
+        "POST", "/v1/webhooks/{webhook_id}/rotate-secret"
+    ),
+    ("POST", "/v1/webhooks/{webhook_id}/ping"): _webhook_route(
+        "POST", "/v1/webhooks/{webhook_id}/ping"
+    ),
+    ("GET", "/v1/webhooks/{webhook_id}/deliveries"): _webhook_route(
+        "GET", "/v1/webhooks/{webhook_id}/deliveries"
+    ),
+    ("POST", "/v1/webhooks/{webhook_id}/deliveries/{delivery_id}/retry"): _webhook_route(
+        "POST", "/v1/webhooks/{webhook_id}/deliveries/{delivery_id}/retry", delivery=True
+    ),
+    ("GET", "/v1/sync"): _sync,
 }
 
 

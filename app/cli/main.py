@@ -11,7 +11,7 @@ from sqlalchemy.exc import OperationalError, ProgrammingError
 
 from app import bootstrap
 from app.audit import service as audit
-from app.cli import clients, dev, keys, search
+from app.cli import clients, dev, keys, search, worker
 from app.cli.common import fail, refusals, session_scope, settings_or_exit
 from app.config import Settings
 from app.main import create_app
@@ -31,6 +31,7 @@ app.add_typer(keys.app, name="keys")
 app.add_typer(members_app, name="members")
 app.add_typer(policy_app, name="policy")
 app.add_typer(search.app, name="search")
+app.command()(worker.worker)
 
 
 @app.command()

@@ -133,3 +133,17 @@ class Envelope:
             raise KeyDestroyed("data key destroyed")
         _, kek = self._member_key(conn, originator, member_key_version)
         return crypto.unwrap_key(kek, wrapped, _data_key_aad(report_id, version, originator))
+
+    def seal_secret(
+        self, conn: Connection, member: str, secret: SecretBytes, aad: bytes
+    ) -> tuple[int, bytes]:
+        """Encrypt a member's own secret (a webhook signing secret) under its current key."""
+        key_version, kek = self._member_key(conn, member, None)
+        return key_version, crypto.wrap_key(kek, secret, aad)
+
+    def open_secret(
+        self, conn: Connection, member: str, key_version: int, blob: bytes, aad: bytes
+    ) -> SecretBytes:
+        """Decrypt what seal_secret made; CorruptionError if it was moved or altered."""
+        _, kek = self._member_key(conn, member, key_version)
+        return crypto.unwrap_key(kek, blob, aad)

@@ -19,8 +19,6 @@ from app.reports.schemas import (
     AccessRecordOut,
     Audience,
     Classification,
-    EntityOut,
-    Grading,
     ReportIn,
     ReportOut,
     ReportPage,
@@ -28,6 +26,7 @@ from app.reports.schemas import (
     RevokeIn,
     VersionList,
     VersionOut,
+    report_out,
 )
 
 router = APIRouter(prefix="/v1/reports", tags=["reports"])
@@ -37,42 +36,6 @@ IdempotencyKeyHeader = Annotated[
     Header(alias="Idempotency-Key", min_length=1, max_length=255, pattern=r"^[\x21-\x7e]+$"),
 ]
 PurposeHeader = Annotated[str | None, Header(alias="Tearline-Purpose", max_length=200)]
-
-
-def to_out(view: service.ReportView, principal: Principal) -> ReportOut:
-    """The response shape of a view: content and markings only where the caller may see them."""
-    r = view.report
-    out = ReportOut(
-        id=r.id,
-        version=r.version,
-        originator=r.originator,
-        status=r.status,
-        created_at=r.created_at,
-        updated_at=r.updated_at,
-        classification=r.classification,
-        tlp=r.tlp,
-        orcon=r.orcon,
-        topics=list(r.topics),
-        grading=Grading.model_validate(r.grading) if r.grading else None,
-        access=view.level,
-        summary=view.summary,
-    )
-    # A purged report (a tombstone) has no content left to show, at any level.
-    if view.level == "full" and r.status != "purged":
-        out.title = view.title
-        if view.body is not None:
-            out.body = view.body
-        if view.entities is not None:
-            out.entities = [EntityOut.model_validate(e) for e in view.entities]
-    if r.originator == principal.member:
-        out.releasable_to = list(r.releasable_to)
-        out.tearline_to = list(r.tearline_to)
-        out.tearline_classification = r.tearline_classification  # type: ignore[assignment]
-        if view.audience is not None:
-            out.audience = Audience(
-                full=list(view.audience.full), tearline=list(view.audience.tearline)
-            )
-    return out
 
 
 @router.post(
@@ -101,7 +64,7 @@ async def create_report(
             payload,
             idempotency_key,
         )
-        return to_out(view, principal), replayed
+        return report_out(view, principal.member), replayed
 
     out, replayed = await caller.run(work)
     response.headers["Location"] = f"/v1/reports/{out.id}"
@@ -158,7 +121,9 @@ async def list_reports(
         views, next_cursor = service.list_readable(
             conn, state.policy, state.envelope, principal, filters, limit, cursor, trace
         )
-        return ReportPage(items=[to_out(v, principal) for v in views], next_cursor=next_cursor)
+        return ReportPage(
+            items=[report_out(v, principal.member) for v in views], next_cursor=next_cursor
+        )
 
     return await caller.read(work)
 
@@ -179,7 +144,7 @@ async def get_report(
         view = service.read(
             conn, state.policy, state.envelope, principal, report_id, trace, purpose=purpose
         )
-        return to_out(view, principal)
+        return report_out(view, principal.member)
 
     out = await caller.read(work)
     response.headers["ETag"] = lifecycle.etag(out.version)
@@ -216,7 +181,7 @@ async def update_report(
             payload,
             if_match,
         )
-        return to_out(view, principal)
+        return report_out(view, principal.member)
 
     out = await caller.run(work)
     response.headers["ETag"] = lifecycle.etag(out.version)
@@ -237,7 +202,7 @@ async def revoke_report(report_id: str, payload: RevokeIn, caller: ReportsWrite)
         view = lifecycle.revoke_report(
             session, state.policy, state.envelope, principal, report_id, payload.reason
         )
-        return to_out(view, principal)
+        return report_out(view, principal.member)
 
     return await caller.run(work)
 

@@ -198,11 +198,13 @@ def update_report(
     entities = service.seal_version(conn, envelope, report, payload)
     conn.execute(delete(_topics).where(_topics.c.report_id == report_id))
     conn.execute(_topics.insert(), [{"report_id": report_id, "topic": t} for t in payload.topics])
-    decisions = service.decide_again(session, state, report)
+    decided = service.decide_again(session, state, report)
+    # Before the match alerts on this version, as on creation.
+    service.emit_report_event(conn, "report.updated", report, decided.readable_before())
     previous = current_entries(conn, index, report_id)
-    service.index_version(session, index, principal, report, decisions, entries, previous)
+    service.index_version(session, index, principal, report, decided.decisions, entries, previous)
     _record(session, state, principal, action, report_id, f"version:{report.version}")
-    return service.originator_view(report, payload, entities, decisions)
+    return service.originator_view(report, payload, entities, decided.decisions)
 
 
 def revoke_report(
@@ -222,7 +224,9 @@ def revoke_report(
     if current.status == "active":
         revoked = dataclasses.replace(current, status="revoked", updated_at=utcnow())
         _set_status(session, revoked)
-        service.decide_again(session, state, revoked)
+        decided = service.decide_again(session, state, revoked)
+        readers = decided.readable_before()
+        service.emit_report_event(session.connection(), "report.revoked", revoked, readers)
     # The reason is the originator's free text and may say more than an audit entry should
     # hold in clear (entries outlive purges and go to the chairs): only its digest is kept,
     # enough to show later which reason was given.
@@ -265,7 +269,8 @@ def purge_report(
         drop_entries(conn, report_id)
         purged = dataclasses.replace(current, status="purged", updated_at=now)
         _set_status(session, purged)
-        service.decide_again(session, state, purged)
+        decided = service.decide_again(session, state, purged)
+        service.emit_report_event(conn, "report.purged", purged, decided.readable_before())
         _record(session, state, principal, action, report_id, f"versions:{shredded.rowcount}")
     else:
         _record(session, state, principal, action, report_id, "already_purged")

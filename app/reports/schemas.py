@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+if TYPE_CHECKING:
+    # Only for annotations: the service imports these shapes.
+    from app.reports.service import ReportView
 
 Classification = Literal["UNCLASSIFIED", "RESTRICTED", "CONFIDENTIAL", "SECRET"]
 TearlineClassification = Literal["UNCLASSIFIED", "RESTRICTED"]
@@ -147,3 +151,39 @@ class AccessRecordOut(BaseModel):
 class AccessLogPage(BaseModel):
     items: list[AccessRecordOut]
     next_cursor: str | None
+
+
+def report_out(view: ReportView, member: str) -> ReportOut:
+    """The response shape of a view: content and markings only where the caller may see them."""
+    r = view.report
+    out = ReportOut(
+        id=r.id,
+        version=r.version,
+        originator=r.originator,
+        status=r.status,
+        created_at=r.created_at,
+        updated_at=r.updated_at,
+        classification=r.classification,
+        tlp=r.tlp,
+        orcon=r.orcon,
+        topics=list(r.topics),
+        grading=Grading.model_validate(r.grading) if r.grading else None,
+        access=view.level,
+        summary=view.summary,
+    )
+    # A purged report (a tombstone) has no content left to show, at any level.
+    if view.level == "full" and r.status != "purged":
+        out.title = view.title
+        if view.body is not None:
+            out.body = view.body
+        if view.entities is not None:
+            out.entities = [EntityOut.model_validate(e) for e in view.entities]
+    if r.originator == member:
+        out.releasable_to = list(r.releasable_to)
+        out.tearline_to = list(r.tearline_to)
+        out.tearline_classification = r.tearline_classification  # type: ignore[assignment]
+        if view.audience is not None:
+            out.audience = Audience(
+                full=list(view.audience.full), tearline=list(view.audience.tearline)
+            )
+    return out

@@ -61,6 +61,7 @@ from app.reports.models import (
 from app.reports.schemas import ReportIn
 from app.search import matches
 from app.search.index import BlindIndex, IndexEntry, insert_entries, replace_entries
+from app.webhooks import service as events
 
 CONTENT_FIELDS = ("title", "body", "summary", "entities")
 
@@ -236,6 +237,8 @@ def create(
     entities = seal_version(conn, envelope, report, payload)
     conn.execute(_topics.insert(), [{"report_id": report_id, "topic": t} for t in payload.topics])
     _store_decisions(session, report, decisions)
+    # Before the match alerts: a consumer learns of the report before it learns of matches on it.
+    emit_report_event(conn, "report.created", report)
     index_version(session, index, principal, report, decisions, entries, previous=None)
     if idempotency_key is not None:
         _remember_key(session, principal, idempotency_key, digest, report_id)
@@ -422,23 +425,93 @@ def decide_with_grants(
     return decisions, expiring
 
 
+@dataclass(frozen=True, slots=True)
+class Redecision:
+    """The decisions decide_again stored, and each member's level just before and after.
+
+    `before` and `after` map members to their effective stored level (see effective_level)
+    above none, at one instant. `before` counts decisions of any bundle: stale after a reload,
+    they are still what members could read until this change.
+    """
+
+    decisions: dict[str, Decision]
+    before: dict[str, str]
+    after: dict[str, str]
+
+    def readable_before(self) -> set[str]:
+        """The members that could read the report before the change."""
+        return {m for m, level in self.before.items() if level in READABLE_LEVELS}
+
+    def changed(self) -> set[str]:
+        """The members whose level changed, in either direction (to or from hit and none too)."""
+        return {
+            m
+            for m in self.before.keys() | self.after.keys()
+            if self.before.get(m) != self.after.get(m)
+        }
+
+
+_STORED_LEVELS = select(_access.c.member_code, effective_level()).where(
+    _access.c.report_id == bindparam("report_id")
+)
+
+
+def stored_levels(conn: Connection, report_id: str, now: datetime) -> dict[str, str]:
+    """Each member's effective stored level on the report at `now`, above none, whatever bundle
+    decided it."""
+    rows = conn.execute(_STORED_LEVELS, {"report_id": report_id, "now": now})
+    return {member: level for member, level in rows if level not in (None, "none")}
+
+
 def decide_again(
     session: Session,
     state: PolicyState,
     report: StoredReport,
     grants: list[Grant] | None = None,
-) -> dict[str, Decision]:
+) -> Redecision:
     """Replace a report's stored decisions by those the bundle in force makes for it now.
 
-    `grants`: the report's unexpired grants, when the caller has them already.
+    `grants`: the report's unexpired grants, when the caller has them already. Every caller
+    holds the report's row lock, so the levels read before the change are the last ones.
     """
     conn = session.connection()
     if grants is None:
         grants = active_grants(conn, [report.id]).get(report.id, [])
     decisions, expiring = decide_with_grants(state, report, grants)
+    now = utcnow()
+    before = stored_levels(conn, report.id, now)
     conn.execute(delete(_access).where(_access.c.report_id == report.id))
     _store_decisions(session, report, decisions, expiring)
-    return decisions
+    # As reads will see them at the same instant as `before`: a grant that has run out since
+    # the grants were read counts at its level after, or a lapse would pass for a change.
+    after: dict[str, str] = {}
+    for member, decision in decisions.items():
+        e = expiring.get(member)
+        level = e.level_after if e is not None and e.at <= now else decision.level.value
+        if level != "none":
+            after[member] = level
+    return Redecision(decisions, before, after)
+
+
+def emit_report_event(
+    conn: Connection,
+    event_type: str,
+    report: StoredReport,
+    audience: Iterable[str] | None = None,
+) -> None:
+    """Store a `report.*` event in the transaction of the change it describes.
+
+    Its data are ids and codes, never content: who receives an event is only decided at
+    delivery (see Event), and content goes out then, if at all, at each subscriber's own level.
+    `audience`: the members beyond the current readers it concerns (see Event).
+    """
+    data = {
+        "report_id": report.id,
+        "originator": report.originator,
+        "version": report.version,
+        "topics": list(report.topics),
+    }
+    events.emit(conn, event_type, data, report_id=report.id, audience=audience)
 
 
 def topic_codes(topics: list[str]) -> str:
@@ -884,7 +957,8 @@ def redecide_batch(
     no stale report is left past `after`. Resuming from there keeps a whole pass linear: each
     batch reads on from where the last one stopped instead of skipping the done ones again.
     Until a report is decided again, reads find no decision under the bundle in force and
-    answer 404 (see readable_statement): stale decisions are never served.
+    answer 404 (see readable_statement): stale decisions are never served. A report whose
+    levels change gets a `report.access_changed` event for exactly the members concerned.
     """
     h = state.bundle.hash
     stale = (
@@ -913,5 +987,7 @@ def redecide_batch(
         grants = active_grants(conn, ids)
         for row in locked:
             report = StoredReport.from_row(row)
-            decide_again(session, state, report, grants.get(report.id, []))
+            changed = decide_again(session, state, report, grants.get(report.id, [])).changed()
+            if changed:
+                emit_report_event(conn, "report.access_changed", report, changed)
     return ids

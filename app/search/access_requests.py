@@ -290,9 +290,12 @@ def decide_request(
                 }
             ],
         )
-        decisions = reports.decide_again(session, state, report)
-        # Clearance still applies: the grant may have changed nothing.
-        granted = decisions.get(request.requester)
+        decided = reports.decide_again(session, state, report)
+        # Clearance still applies: the grant may have changed nothing, and then tells no one.
+        changed = decided.changed()
+        if changed:
+            reports.emit_report_event(conn, "report.access_changed", report, changed)
+        granted = decided.decisions.get(request.requester)
         reasons.append(f"level:{granted.level.value if granted else 'none'}")
         if expires_at is not None:
             reasons.append(f"expires:{expires_at.isoformat()}")

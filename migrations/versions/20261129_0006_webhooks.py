@@ -65,6 +65,12 @@ def upgrade() -> None:
         sa.Column("position", sa.BigInteger(), nullable=False),
         sa.PrimaryKeyConstraint("name", name=op.f("pk_webhook_cursors")),
     )
+    # Fan-out starts after the events there are now: no subscription exists yet to receive them.
+    last = op.get_bind().scalar(sa.text("SELECT coalesce(max(position), 0) FROM events"))
+    op.bulk_insert(
+        sa.table("webhook_cursors", sa.column("name"), sa.column("position")),
+        [{"name": "fanout", "position": int(last)}],
+    )
     op.create_table(
         "webhook_subscriptions",
         sa.Column("id", sa.String(length=36), nullable=False),
