@@ -626,6 +626,17 @@ def record(session: Session, settings: Settings, results: Sequence[Result]) -> N
         return
     conn = session.connection()
     now = utcnow()
+    # A subscription deleted while its delivery was being sent took the delivery with it.
+    alive = set(
+        conn.scalars(
+            select(_deliveries.c.id).where(
+                _deliveries.c.id.in_([r.job.delivery_id for r in results])
+            )
+        )
+    )
+    results = [r for r in results if r.job.delivery_id in alive]
+    if not results:
+        return
     conn.execute(
         _attempts.insert(),
         [
@@ -641,36 +652,57 @@ def record(session: Session, settings: Settings, results: Sequence[Result]) -> N
             for r in results
         ],
     )
-    succeeded: list[Result] = []
-    for r in results:
-        ok = r.succeeded
-        values: dict[str, Any] = {
-            "last_status": r.status,
-            "last_error": r.error,
-            "lease_until": None,
-        }
-        if ok:
-            succeeded.append(r)
-            values |= {"status": "succeeded", "completed_at": now}
-        elif r.status == 410:
-            values |= {"status": "failed", "completed_at": now}
-        else:
-            delay = retry_delay(settings, r.job.attempt, r.retry_after)
-            if delay is None:
-                values |= {"status": "failed", "completed_at": now}
-            else:
-                values |= {"status": "pending", "next_attempt_at": now + timedelta(seconds=delay)}
-        # Only the claim this worker holds: a lease that ran out may have passed to another.
-        conn.execute(
-            update(_deliveries)
-            .where(
-                _deliveries.c.id == r.job.delivery_id,
-                _deliveries.c.status == "sending",
-                _deliveries.c.attempts == r.job.attempt,
-            )
-            .values(**values)
-        )
-    ok_subs = sorted({r.job.subscription_id for r in succeeded})
+    conn.execute(
+        _MOVE_ON,
+        [_moved_on(settings, r, now) for r in results],
+    )
+    _update_subscriptions(conn, settings, results, now)
+
+
+# Only the claim this worker holds: a lease that ran out may have passed to another worker.
+_MOVE_ON = (
+    update(_deliveries)
+    .where(
+        _deliveries.c.id == bindparam("delivery_id"),
+        _deliveries.c.status == "sending",
+        _deliveries.c.attempts == bindparam("attempt"),
+    )
+    .values(
+        status=bindparam("new_status"),
+        next_attempt_at=bindparam("due"),
+        completed_at=bindparam("done"),
+        last_status=bindparam("code"),
+        last_error=bindparam("error"),
+        lease_until=None,
+    )
+)
+
+
+def _moved_on(settings: Settings, r: Result, now: datetime) -> dict[str, Any]:
+    """The delivery's next state after attempt `r`: done, due again later, or failed."""
+    status, due = "failed", None
+    if r.succeeded:
+        status = "succeeded"
+    elif r.status != 410:
+        delay = retry_delay(settings, r.job.attempt, r.retry_after)
+        if delay is not None:
+            status, due = "pending", now + timedelta(seconds=delay)
+    return {
+        "delivery_id": r.job.delivery_id,
+        "attempt": r.job.attempt,
+        "new_status": status,
+        "due": due,
+        "done": None if status == "pending" else now,
+        "code": r.status,
+        "error": r.error[:200] if r.error else None,
+    }
+
+
+def _update_subscriptions(
+    conn: Connection, settings: Settings, results: Sequence[Result], now: datetime
+) -> None:
+    """A success clears a subscription's failing period; 410 or too long failing disables it."""
+    ok_subs = sorted({r.job.subscription_id for r in results if r.succeeded})
     if ok_subs:
         conn.execute(
             update(_subs)

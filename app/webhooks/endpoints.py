@@ -109,7 +109,7 @@ async def list_webhooks(caller: Webhooks) -> WebhookList:
 @router.get(
     "/v1/webhooks/{webhook_id}",
     response_model=WebhookOut,
-    responses=responses(401, 403, 404, 429),
+    responses=responses(401, 403, 404, 422, 429),
 )
 async def get_webhook(webhook_id: str, caller: Webhooks) -> WebhookOut:
     """One subscription of the caller's member; 404 for any other."""
@@ -124,7 +124,7 @@ async def get_webhook(webhook_id: str, caller: Webhooks) -> WebhookOut:
 @router.delete(
     "/v1/webhooks/{webhook_id}",
     status_code=status.HTTP_204_NO_CONTENT,
-    responses=responses(401, 403, 404, 429),
+    responses=responses(401, 403, 404, 422, 429),
 )
 async def delete_webhook(webhook_id: str, caller: Webhooks) -> Response:
     """Delete a subscription; what it still had queued is dropped."""
@@ -161,7 +161,7 @@ async def rotate_secret(
     "/v1/webhooks/{webhook_id}/ping",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=Queued,
-    responses=responses(401, 403, 404, 409, 429),
+    responses=responses(401, 403, 404, 409, 422, 429),
 )
 async def ping_webhook(webhook_id: str, caller: Webhooks) -> Queued:
     """Queue a signed `webhook.ping` to the subscription's URL."""
@@ -208,7 +208,7 @@ async def list_deliveries(
     "/v1/webhooks/{webhook_id}/deliveries/{delivery_id}/retry",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=Queued,
-    responses=responses(401, 403, 404, 409, 429),
+    responses=responses(401, 403, 404, 409, 422, 429),
 )
 async def retry_delivery(webhook_id: str, delivery_id: str, caller: Webhooks) -> Queued:
     """Send a finished delivery again now, with the same `webhook-id`."""

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from app.webhooks.dispatcher import Dispatcher
-from tests.conftest import World
+from tests.conftest import World, drop_database, make_world
 
 
 @dataclass
@@ -61,7 +61,7 @@ class Receiver:
 
 def _handler(receiver: Receiver) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802 - the standard library's name
+        def do_POST(self) -> None:
             length = int(self.headers.get("content-length", "0"))
             body = self.rfile.read(length)
             with receiver.lock:
@@ -81,7 +81,7 @@ def _handler(receiver: Receiver) -> type[BaseHTTPRequestHandler]:
             self.end_headers()
             self.wfile.write(payload)
 
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        def log_message(self, format: str, *args: Any) -> None:
             return
 
     return Handler
@@ -153,11 +153,9 @@ def dispatch_until(
 @pytest.fixture
 def quick_world(tmp_path: Any) -> Iterator[World]:
     """A world whose retries come after milliseconds and whose receivers time out fast."""
-    from tests.conftest import drop_database, make_world
-
     w = make_world(
         tmp_path,
-        webhook_retry_schedule=(0.05, 0.05, 0.05),
+        webhook_retry_schedule=(0.2, 0.2, 0.2),
         webhook_timeout_seconds=1.0,
     )
     yield w
