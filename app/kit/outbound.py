@@ -35,6 +35,8 @@ _PRINTABLE_ASCII = re.compile(r"[\x21-\x7e]+")
 _HOST_NAME = re.compile(r"[a-z0-9_-]+(?:\.[a-z0-9_-]+)*\.?")
 _PORT = re.compile(r"[0-9]+")
 _DELAY_SECONDS = re.compile(r"[0-9]+")
+# Routing and framing are set here from what was checked and sent, never taken from the caller.
+_OWN_HEADERS = frozenset({"host", "content-length", "transfer-encoding", "accept-encoding"})
 
 # Python's is_global counts multicast, 192.88.99.0/24 and (depending on the patch release)
 # 192.0.0.0/24 as global, so the ranges that must never receive a webhook are listed here too.
@@ -81,7 +83,7 @@ class Target:
     """A syntactically checked webhook URL, split into the parts the sender uses."""
 
     scheme: str
-    host: str  # lower-case name, or an IP literal as written (IPv6 without brackets)
+    host: str  # lower-case name or IP literal as written; IPv6 normalised, without brackets
     port: int
     path_with_query: str
     url: str
@@ -171,7 +173,7 @@ def _numeric_address(host: str) -> IPAddress | None:
     # (127.1, 0x7f.0.0.1, 2130706433, 017700000001, ...), so literals are judged as they resolve.
     try:
         infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM, flags=socket.AI_NUMERICHOST)
-    except (OSError, UnicodeError):
+    except (OSError, ValueError):  # ValueError covers UnicodeError from IDNA encoding
         return None
     for family, _, _, _, sockaddr in infos:
         if family in {socket.AF_INET, socket.AF_INET6}:
@@ -219,10 +221,16 @@ async def resolve(host: str, port: int, *, allow_private: bool) -> list[IPAddres
     name = host[1:-1] if host.startswith("[") and host.endswith("]") else host
     if "%" in name:
         raise UnsafeTarget("IPv6 zone ids are not allowed")
+    literal = _numeric_address(name)
+    if literal is not None:
+        # The resolver's own numeric parse gave the answer a lookup would; skip the thread hop.
+        if not allow_private and not is_public_address(literal):
+            raise UnsafeTarget("host resolves to a non-public address")
+        return [literal]
     loop = asyncio.get_running_loop()
     try:
         infos = await loop.getaddrinfo(name, port, type=socket.SOCK_STREAM)
-    except (OSError, UnicodeError):
+    except (OSError, ValueError):  # ValueError covers UnicodeError from IDNA encoding
         raise UnsafeTarget("host name does not resolve") from None
     addresses: list[IPAddress] = []
     for family, _, _, _, sockaddr in infos:
@@ -302,7 +310,7 @@ async def _exchange(
     max_response_bytes: int,
     progress: _Progress,
 ) -> None:
-    request_headers = {name: value for name, value in headers.items() if name.lower() != "host"}
+    request_headers = {k: v for k, v in headers.items() if k.lower() not in _OWN_HEADERS}
     request_headers["Host"] = target.host_header
     # Raw bytes are read and capped; asking for no content coding avoids decompression bombs.
     request_headers["Accept-Encoding"] = "identity"
@@ -355,15 +363,16 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
         return None
     value = value.strip()
     if _DELAY_SECONDS.fullmatch(value):
-        return float(value)
+        delay = float(value)
+        return delay if math.isfinite(delay) else None
     try:
         when = parsedate_to_datetime(value)
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)  # asctime form has no zone; HTTP-dates are all GMT
+        delay = when.timestamp() - (time.time() if now is None else now)
     except (TypeError, ValueError, IndexError, OverflowError):
         return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)  # asctime form has no zone; HTTP-dates are all GMT
-    delay = when.timestamp() - (time.time() if now is None else now)
-    return max(0.0, delay) if math.isfinite(delay) else None
+    return max(0.0, delay)
 
 
 @functools.cache
