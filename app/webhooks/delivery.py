@@ -141,6 +141,43 @@ def levels_of(
     return out
 
 
+def undecided(conn: Connection, policy_hash: str, report_ids: Iterable[str]) -> frozenset[str]:
+    """Reports whose stored decisions were made under another bundle than `policy_hash`.
+
+    Until they are decided again nobody may be told of them (reads fail closed), and nobody may
+    be passed over either: fan-out and the sync feed stop before the first such event and come
+    back to it.
+    """
+    ids = sorted(set(report_ids))
+    out: set[str] = set()
+    for start in range(0, len(ids), CHUNK):
+        out.update(
+            conn.scalars(
+                select(_access.c.report_id)
+                .where(
+                    _access.c.report_id.in_(ids[start : start + CHUNK]),
+                    # Two ranges rather than "!=", which no index serves.
+                    or_(_access.c.policy_hash < policy_hash, _access.c.policy_hash > policy_hash),
+                )
+                .distinct()
+            )
+        )
+    return frozenset(out)
+
+
+def decided_prefix(
+    conn: Connection, policy_hash: str, batch: list[StoredEvent]
+) -> list[StoredEvent]:
+    """The events of `batch` before the first one about a report awaiting re-decision."""
+    waiting = undecided(conn, policy_hash, (e.about for e in batch if e.about is not None))
+    if not waiting:
+        return batch
+    for i, event in enumerate(batch):
+        if event.about in waiting:
+            return batch[:i]
+    return batch
+
+
 @dataclass(frozen=True)
 class Entitlement:
     """A member may learn of an event; `access` is its level on the report it is about."""
@@ -253,7 +290,7 @@ def fan_out(session: Session, state: PolicyState, *, limit: int = CHUNK) -> int:
     ).first()
     if locked is None:
         return 0
-    batch = events_after(conn, locked.position, limit)
+    batch = decided_prefix(conn, state.bundle.hash, events_after(conn, locked.position, limit))
     if not batch:
         return 0
     targets = _targets(conn, state)
@@ -415,8 +452,22 @@ def claim(session: Session, services: DeliveryServices, *, limit: int) -> list[J
         .outerjoin(_events, _events.c.id == _deliveries.c.event_id)
         .where(_deliveries.c.id.in_(ids))
     ).all()
-    found = [_event_of(r) for r in rows]
     state = services.policy
+    found = [_event_of(r) for r in rows]
+    waiting = undecided(conn, state.bundle.hash, (e.about for e in found if e and e.about))
+    if waiting:
+        # Decided again within moments (the re-decider is at it); neither sent nor withheld now.
+        later = [
+            r.delivery_id for r, e in zip(rows, found, strict=True) if e and e.about in waiting
+        ]
+        conn.execute(
+            update(_deliveries)
+            .where(_deliveries.c.id.in_(later))
+            .values(next_attempt_at=now + timedelta(seconds=1))
+        )
+        kept = [(r, e) for r, e in zip(rows, found, strict=True) if not (e and e.about in waiting)]
+        rows = [r for r, _ in kept]
+        found = [e for _, e in kept]
     levels = levels_of(
         conn,
         state.bundle.hash,

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Response, status
@@ -12,7 +14,7 @@ from sqlalchemy.orm import Session
 from app.audit import service as audit
 from app.auth.deps import ReportsRead, Webhooks
 from app.auth.service import Principal
-from app.errors import Unprocessable, responses
+from app.errors import NotFound, Unprocessable, responses
 from app.kit import outbound
 from app.webhooks import service, subscriptions, sync
 from app.webhooks.schemas import (
@@ -40,6 +42,20 @@ def _out(view: SubscriptionView) -> WebhookOut:
 
 def _read_entry(action: str, target: str, *reasons: str) -> audit.Entry:
     return audit.Entry(action=action, decision="allow", target=target, reasons=reasons)
+
+
+@contextmanager
+def _traced(trace: list[audit.Entry], action: str, webhook_id: str) -> Iterator[None]:
+    """Trace a read of one subscription: allowed, or denied as absent (the 404 it answers)."""
+    target = f"webhook:{webhook_id[:64]}"
+    try:
+        yield
+    except NotFound:
+        trace.append(
+            audit.Entry(action=action, decision="deny", target=target, reasons=("not_found",))
+        )
+        raise
+    trace.append(_read_entry(action, target))
 
 
 async def _checked_url(caller: Webhooks, url: str) -> str:
@@ -115,8 +131,8 @@ async def get_webhook(webhook_id: str, caller: Webhooks) -> WebhookOut:
     """One subscription of the caller's member; 404 for any other."""
 
     def work(conn: Connection, principal: Principal, trace: list[audit.Entry]) -> WebhookOut:
-        trace.append(_read_entry("webhook.read", f"webhook:{webhook_id[:64]}"))
-        return _out(subscriptions.get(conn, principal.member, webhook_id))
+        with _traced(trace, "webhook.read", webhook_id):
+            return _out(subscriptions.get(conn, principal.member, webhook_id))
 
     return await caller.read(work)
 
@@ -188,10 +204,15 @@ async def list_deliveries(
     """Deliveries of a subscription, newest first, each with every attempt made."""
 
     def work(conn: Connection, principal: Principal, trace: list[audit.Entry]) -> DeliveryPage:
-        trace.append(_read_entry("webhook.deliveries", f"webhook:{webhook_id[:64]}"))
-        views, next_cursor = subscriptions.deliveries(
-            conn, principal.member, webhook_id, status=delivery_status, limit=limit, cursor=cursor
-        )
+        with _traced(trace, "webhook.deliveries", webhook_id):
+            views, next_cursor = subscriptions.deliveries(
+                conn,
+                principal.member,
+                webhook_id,
+                status=delivery_status,
+                limit=limit,
+                cursor=cursor,
+            )
         items = [
             DeliveryOut(
                 **{k: v for k, v in dataclasses.asdict(d).items() if k != "attempt_log"},

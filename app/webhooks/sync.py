@@ -63,7 +63,8 @@ def read_feed(
     position = after
     scanned = 0
     while len(out) < limit and scanned < MAX_SCAN:
-        batch = delivery.events_after(conn, position, _BATCH)
+        fetched = delivery.events_after(conn, position, _BATCH)
+        batch = delivery.decided_prefix(conn, state.bundle.hash, fetched)
         if not batch:
             break
         levels = delivery.levels_of(
@@ -78,5 +79,6 @@ def read_feed(
                 if len(out) == limit:
                     break
         if len(batch) < _BATCH:
+            # The end, or an event about a report not yet decided again: this page stops here.
             break
     return out, position
