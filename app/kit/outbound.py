@@ -2,8 +2,9 @@
 
 The URL is parsed once here; the host is resolved once, every resolved address is judged, and the
 connection is made to a judged address (the original name travels only in the Host header and in
-TLS SNI / certificate verification), so a second lookup cannot rebind the target. Redirects are
-never followed, environment proxies are ignored, time and response size are bounded.
+TLS SNI / certificate verification), so a second lookup cannot rebind the target. The exchange
+is HTTP/1.1 framed and parsed by h11 over one asyncio connection per delivery: there is no
+redirect or proxy machinery at all, and time, response head and response body are bounded.
 """
 
 from __future__ import annotations
@@ -17,13 +18,14 @@ import re
 import socket
 import ssl
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC
 from email.utils import parsedate_to_datetime
 from typing import TypeAlias
 from urllib.parse import urlsplit
 
+import h11
 import httpx
 
 IPAddress: TypeAlias = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -36,7 +38,15 @@ _HOST_NAME = re.compile(r"[a-z0-9_-]+(?:\.[a-z0-9_-]+)*\.?")
 _PORT = re.compile(r"[0-9]+")
 _DELAY_SECONDS = re.compile(r"[0-9]+")
 # Routing and framing are set here from what was checked and sent, never taken from the caller.
-_OWN_HEADERS = frozenset({"host", "content-length", "transfer-encoding", "accept-encoding"})
+_OWN_HEADERS = frozenset(
+    {"host", "content-length", "transfer-encoding", "accept-encoding", "connection"}
+)
+# A response's status line and headers must fit here (h11 refuses a larger head); the body is
+# read in chunks of _READ_SIZE, of which at most max_response_bytes are kept.
+_MAX_RESPONSE_HEAD = 16 * 1024
+_READ_SIZE = 64 * 1024
+# How long closing a connection may take (TLS close_notify) before the socket is aborted.
+_CLOSE_GRACE = 0.5
 
 # Python's is_global counts multicast, 192.88.99.0/24 and (depending on the patch release)
 # 192.0.0.0/24 as global, so the ranges that must never receive a webhook are listed here too.
@@ -265,20 +275,21 @@ async def send(
     progress = _Progress()
     try:
         target = check_url(target_url, require_https=require_https, allow_private=allow_private)
-        # One deadline over resolution, connection, request and the capped read, on top of
-        # httpx's per-phase timeouts, so a trickling server cannot hold a worker longer.
+        # One deadline over resolution, connection, TLS, request and the capped read, so neither
+        # a slow handshake nor a trickling server can hold a worker longer.
         async with asyncio.timeout(timeout):
             addresses = await resolve(target.host, target.port, allow_private=allow_private)
-            await _exchange(target, addresses, body, headers, timeout, max_response_bytes, progress)
+            await _exchange(target, addresses, body, headers, max_response_bytes, progress)
     except UnsafeTarget as exc:
         progress.error = f"unsafe target: {exc}"
-    except (TimeoutError, httpx.TimeoutException):
-        progress.error = "timeout"
-    except httpx.ConnectError as exc:
-        progress.error = _connect_error(exc)
-    except httpx.ProtocolError:
+    except TimeoutError:  # before OSError, of which it is a subclass
+        if not progress.complete:  # else the deadline only cut short the closing handshake
+            progress.error = "timeout"
+    except _ConnectFailed as exc:
+        progress.error = exc.category
+    except h11.ProtocolError:
         progress.error = "protocol error"
-    except (httpx.TransportError, OSError):
+    except OSError:  # includes ssl.SSLError after the handshake
         progress.error = "network error"
     return Outcome(
         status=progress.status,
@@ -292,13 +303,22 @@ async def send(
 class _Progress:
     """What the exchange learnt so far, kept outside it so a timeout does not lose it."""
 
-    __slots__ = ("error", "excerpt", "retry_after", "status")
+    __slots__ = ("complete", "error", "excerpt", "retry_after", "status")
 
     def __init__(self) -> None:
         self.status: int | None = None
         self.retry_after: float | None = None
         self.excerpt = bytearray()
+        self.complete = False  # the response was read to its end or to the cap
         self.error: str | None = None
+
+
+class _ConnectFailed(Exception):
+    """No checked address could be connected to; `category` is the Outcome's error."""
+
+    def __init__(self, category: str) -> None:
+        super().__init__(category)
+        self.category = category
 
 
 async def _exchange(
@@ -306,55 +326,137 @@ async def _exchange(
     addresses: list[IPAddress],
     body: bytes,
     headers: Mapping[str, str],
-    timeout: float,
     max_response_bytes: int,
     progress: _Progress,
 ) -> None:
-    request_headers = {k: v for k, v in headers.items() if k.lower() not in _OWN_HEADERS}
-    request_headers["Host"] = target.host_header
-    # Raw bytes are read and capped; asking for no content coding avoids decompression bombs.
-    request_headers["Accept-Encoding"] = "identity"
-    extensions: dict[str, str] = {}
+    # h11 frames the request and parses the response; the I/O is ours. One connection per
+    # delivery, never kept alive: a pool keyed by IP could hand a connection verified for one
+    # host name to a request for another.
+    connection = h11.Connection(h11.CLIENT, max_incomplete_event_size=_MAX_RESPONSE_HEAD)
+    request = _request(connection, target, body, headers)  # refused before connecting
+    reader, writer = await _connect(target, addresses)
+    ended = False
+    try:
+        try:
+            writer.write(request)
+            await writer.drain()
+        except ConnectionError:
+            pass  # a server may answer early and hang up; whatever it said is read below
+        ended = await _read_response(connection, reader, max_response_bytes, progress)
+    finally:
+        await _close(writer, graceful=ended)
+
+
+def _request(
+    connection: h11.Connection, target: Target, body: bytes, headers: Mapping[str, str]
+) -> bytes:
+    fields = [("Host", target.host_header)]
+    fields += [(name, value) for name, value in headers.items() if name.lower() not in _OWN_HEADERS]
+    fields += [
+        ("Content-Length", str(len(body))),
+        # Raw bytes are read and capped; asking for no content coding avoids decompression bombs.
+        ("Accept-Encoding", "identity"),
+        ("Connection", "close"),
+    ]
+    try:
+        # h11 refuses header names and values that are not valid HTTP (no CR/LF injection).
+        head = connection.send(
+            h11.Request(method="POST", target=target.path_with_query, headers=fields)
+        )
+    except UnicodeEncodeError:
+        raise h11.LocalProtocolError("request header is not ASCII") from None
+    connection.send_with_data_passthrough(h11.Data(data=body))  # checks the body's length
+    connection.send(h11.EndOfMessage())
+    return (head or b"") + body
+
+
+async def _connect(
+    target: Target, addresses: list[IPAddress]
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    tls_name: str | None = None
     if target.scheme == "https" and _numeric_address(target.host) is None:
         # The socket goes to the checked IP, but TLS names and verifies the original host.
-        extensions["sni_hostname"] = target.host.rstrip(".")
-    # A client per call: connections are pooled by IP, so a shared pool could hand a connection
-    # verified for one host name to a request for another. The SSL context is shared.
-    async with httpx.AsyncClient(
-        verify=_ssl_context(),
-        trust_env=False,
-        follow_redirects=False,
-        timeout=httpx.Timeout(timeout),
-        limits=httpx.Limits(max_connections=1, max_keepalive_connections=0),
-    ) as client:
-        for index, address in enumerate(addresses):
-            url = httpx.URL(
-                scheme=target.scheme,
-                host=str(address),
-                port=target.port,
-                raw_path=target.path_with_query.encode("ascii"),
+        tls_name = target.host.rstrip(".")
+    for index, address in enumerate(addresses):
+        host = str(address)  # numeric: asyncio connects without any lookup
+        try:
+            if target.scheme != "https":
+                return await asyncio.open_connection(host, target.port)
+            return await asyncio.open_connection(
+                host,
+                target.port,
+                ssl=_ssl_context(),
+                server_hostname=tls_name or host,  # an IP literal is verified as that IP
+                ssl_shutdown_timeout=_CLOSE_GRACE,
             )
-            request = client.build_request(
-                "POST", url, content=body, headers=request_headers, extensions=extensions
-            )
-            try:
-                response = await client.send(request, stream=True)
-            except httpx.ConnectError as exc:
-                # Like any client, try the next checked address when one cannot be reached.
-                if index + 1 < len(addresses) and _connect_error(exc) != "tls error":
-                    continue
-                raise
-            try:
-                progress.status = response.status_code
-                progress.retry_after = parse_retry_after(response.headers.get("Retry-After"))
-                if max_response_bytes > 0:
-                    async for chunk in response.aiter_raw():
-                        progress.excerpt += chunk[: max_response_bytes - len(progress.excerpt)]
-                        if len(progress.excerpt) >= max_response_bytes:
-                            break
-            finally:
-                await response.aclose()
-            return
+        except TimeoutError:
+            raise  # the kernel gave up connecting: a timeout, as for the total deadline
+        except (OSError, ValueError) as exc:  # ValueError: a name the TLS layer cannot encode
+            category = _connect_error(exc)
+            # Like any client, try the next checked address when one cannot be reached, but
+            # never after a TLS failure, which is about the host, not the address.
+            if index + 1 < len(addresses) and category != "tls error":
+                continue
+            raise _ConnectFailed(category) from exc
+    raise _ConnectFailed("connection failed")  # resolve never returns an empty list
+
+
+async def _read_response(
+    connection: h11.Connection,
+    reader: asyncio.StreamReader,
+    max_response_bytes: int,
+    progress: _Progress,
+) -> bool:
+    """Read the status, Retry-After and up to the cap of the body; True if the body ended."""
+    event = await _next_event(connection, reader)
+    while isinstance(event, h11.InformationalResponse):  # 100 Continue and the like
+        event = await _next_event(connection, reader)
+    if not isinstance(event, h11.Response):
+        raise h11.RemoteProtocolError("no response")
+    progress.status = event.status_code
+    retry_after = [value for name, value in event.headers if name == b"retry-after"]
+    if retry_after:
+        progress.retry_after = parse_retry_after(b", ".join(retry_after).decode("latin-1"))
+    while len(progress.excerpt) < max_response_bytes:
+        event = await _next_event(connection, reader)
+        if isinstance(event, h11.EndOfMessage):
+            progress.complete = True
+            return True
+        if not isinstance(event, h11.Data):
+            raise h11.RemoteProtocolError("unexpected event in the response body")
+        progress.excerpt += event.data[: max_response_bytes - len(progress.excerpt)]
+    progress.complete = True
+    return False  # the cap is reached: the rest of the body is left unread
+
+
+async def _next_event(connection: h11.Connection, reader: asyncio.StreamReader) -> object:
+    while True:
+        # h11 raises RemoteProtocolError on malformed input, on a head larger than
+        # _MAX_RESPONSE_HEAD and on a peer that hangs up before the message is complete.
+        event = connection.next_event()
+        if event is not h11.NEED_DATA:
+            return event
+        connection.receive_data(await reader.read(_READ_SIZE))
+
+
+async def _close(writer: asyncio.StreamWriter, *, graceful: bool) -> None:
+    # Closed on every path, within the send's deadline. After a response read to its end the
+    # connection is shut down politely (TLS close_notify) within a short grace; after a read cut
+    # off by the cap, an error or the deadline it is aborted at once, dropping what is unread.
+    closed = False
+    try:
+        if graceful:
+            writer.close()
+        else:
+            writer.transport.abort()
+        async with asyncio.timeout(_CLOSE_GRACE):
+            await writer.wait_closed()
+        closed = True
+    except (TimeoutError, OSError):
+        pass  # the connection is being discarded; how it ended does not change the outcome
+    finally:
+        if not closed:
+            writer.transport.abort()
 
 
 def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
@@ -377,30 +479,19 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
 
 @functools.cache
 def _ssl_context() -> ssl.SSLContext:
-    # Built once: loading the CA bundle per delivery would dominate the cost of a send.
-    return httpx.create_ssl_context(trust_env=False)
+    # Built once: loading the CA bundle per delivery would dominate the cost of a send. httpx
+    # builds it so that the trust store (certifi's bundle, no SSL_CERT_* from the environment)
+    # stays what it always was; only HTTP/1.1 is offered.
+    context = httpx.create_ssl_context(trust_env=False)
+    context.set_alpn_protocols(["http/1.1"])
+    return context
 
 
 def _connect_error(exc: BaseException) -> str:
-    for cause in _causes(exc):
-        if isinstance(cause, ssl.SSLError):
-            return "tls error"
-        if isinstance(cause, ConnectionRefusedError):
-            return "connection refused"
-        if isinstance(cause, OSError) and cause.errno in {errno.EHOSTUNREACH, errno.ENETUNREACH}:
-            return "host unreachable"
+    if isinstance(exc, ssl.SSLError):  # includes certificate verification failures
+        return "tls error"
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(exc, OSError) and exc.errno in {errno.EHOSTUNREACH, errno.ENETUNREACH}:
+        return "host unreachable"
     return "connection failed"
-
-
-def _causes(exc: BaseException) -> Iterator[BaseException]:
-    # httpx wraps httpcore wraps anyio, which groups per-address OSErrors; walk all of it.
-    pending, seen = [exc], set()
-    while pending:
-        current = pending.pop()
-        if id(current) in seen:
-            continue
-        seen.add(id(current))
-        yield current
-        if isinstance(current, BaseExceptionGroup):
-            pending.extend(current.exceptions)
-        pending.extend(e for e in (current.__cause__, current.__context__) if e is not None)

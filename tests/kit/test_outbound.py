@@ -784,6 +784,186 @@ class TestSend:
         assert sorted(int(r.body) for r in receiver.requests) == list(range(100))
 
 
+# --------------------------------------------------------------------------- hostile responses
+
+
+def sending(raw: bytes) -> Respond:
+    """A responder that writes `raw` as is, whatever it is, and hangs up."""
+
+    async def respond(
+        _receiver: Receiver, _request: Received, writer: asyncio.StreamWriter
+    ) -> None:
+        writer.write(raw)
+
+    return respond
+
+
+def chunked(size: int) -> bytes:
+    return f"{size:x}\r\n".encode("ascii")
+
+
+async def endless_chunks(
+    receiver: Receiver, _request: Received, writer: asyncio.StreamWriter
+) -> None:
+    # a chunked body that never ends: only the cap can stop the reader
+    writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+    for n in range(1_000_000):
+        if receiver.release.is_set():
+            return
+        writer.write(chunked(1000) + bytes([n % 256]) * 1000 + b"\r\n")
+        await writer.drain()
+
+
+async def endless_head(
+    receiver: Receiver, _request: Received, writer: asyncio.StreamWriter
+) -> None:
+    # a header block that never ends: only the bound on the head can stop the reader
+    writer.write(b"HTTP/1.1 200 OK\r\n")
+    for n in range(1_000_000):
+        if receiver.release.is_set():
+            return
+        writer.write(f"X-Pad-{n}: {'a' * 1000}\r\n".encode("ascii"))
+        await writer.drain()
+
+
+def deliver(respond: Respond, **options: Any) -> tuple[Outcome, Receiver, float]:
+    async def scenario() -> tuple[Outcome, Receiver]:
+        async with Receiver(respond) as receiver:
+            outcome = await send(
+                receiver.url(), b"{}", {}, allow_private=True, require_https=False, **options
+            )
+        return outcome, receiver
+
+    started = time.monotonic()
+    outcome, receiver = asyncio.run(scenario())
+    return outcome, receiver, time.monotonic() - started
+
+
+class TestSendHostileResponses:
+    def test_an_endless_header_block_is_a_protocol_error_not_a_hang(self) -> None:
+        outcome, _, elapsed = deliver(endless_head, timeout=10.0)
+        assert (outcome.status, outcome.error, outcome.excerpt) == (None, "protocol error", b"")
+        assert elapsed < 3.0
+
+    def test_a_huge_header_block_sent_at_once_is_a_protocol_error(self) -> None:
+        pad = "".join(f"X-Pad-{n}: {'a' * 100}\r\n" for n in range(2000))  # about 220 KB
+        huge = sending(f"HTTP/1.1 200 OK\r\n{pad}Content-Length: 2\r\n\r\nok".encode())
+        outcome, _, elapsed = deliver(huge, timeout=10.0)
+        assert (outcome.status, outcome.error) == (None, "protocol error")
+        assert elapsed < 3.0
+
+    def test_a_header_block_well_under_the_bound_is_accepted(self) -> None:
+        headers = {f"X-Pad-{n}": "a" * 100 for n in range(80)}  # about 9 KB
+        outcome, _, _ = deliver(answering(200, b"ok", headers))
+        assert (outcome.status, outcome.error, outcome.excerpt) == (200, None, b"ok")
+
+    def test_a_chunked_body_is_decoded_and_read_to_its_end(self) -> None:
+        body = chunked(3) + b"abc\r\n" + chunked(4) + b"defg\r\n" + chunked(0) + b"\r\n"
+        head = b"HTTP/1.1 202 Accepted\r\nTransfer-Encoding: chunked\r\n\r\n"
+        outcome, _, _ = deliver(sending(head + body))
+        assert (outcome.status, outcome.error, outcome.excerpt) == (202, None, b"abcdefg")
+
+    def test_an_endless_chunked_body_is_read_only_up_to_the_cap(self) -> None:
+        outcome, _, elapsed = deliver(endless_chunks, timeout=10.0, max_response_bytes=2500)
+        expected = b"\x00" * 1000 + b"\x01" * 1000 + b"\x02" * 500
+        assert (outcome.status, outcome.error, outcome.excerpt) == (200, None, expected)
+        assert elapsed < 3.0
+
+    @pytest.mark.parametrize(
+        "raw",
+        [
+            b"",  # hangs up without a word
+            b"HTTP/1.1 200 OK\r\nContent-Le",  # hangs up in the middle of the head
+            b"HTTP/1.1 100 Continue\r\n\r\n",  # hangs up after an interim response
+        ],
+    )
+    def test_a_server_that_hangs_up_without_answering_is_a_protocol_error(self, raw: bytes) -> None:
+        outcome, receiver, _ = deliver(sending(raw))
+        assert (outcome.status, outcome.error, outcome.excerpt) == (None, "protocol error", b"")
+        assert len(receiver.requests) == 1
+
+    def test_a_body_cut_short_keeps_the_status(self) -> None:
+        outcome, _, _ = deliver(sending(b"HTTP/1.1 500 Oops\r\nContent-Length: 100\r\n\r\npartial"))
+        assert (outcome.status, outcome.error, outcome.excerpt) == (
+            500,
+            "protocol error",
+            b"partial",
+        )
+
+    @pytest.mark.parametrize(
+        "raw",
+        [
+            b"SSH-2.0-OpenSSH_9.6\r\n",
+            b"HTTP/1.1 2000 OK\r\nContent-Length: 0\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nok",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nok\r\n0\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nBad Header\r\n\r\n",
+        ],
+    )
+    def test_a_response_that_is_not_valid_http_is_a_protocol_error(self, raw: bytes) -> None:
+        outcome, _, _ = deliver(sending(raw))
+        assert outcome.error == "protocol error"
+
+    def test_interim_responses_before_the_final_answer_are_skipped(self) -> None:
+        interim = (
+            b"HTTP/1.1 100 Continue\r\n\r\n"
+            b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n"
+        )
+        outcome, receiver, _ = deliver(sending(interim + reply(201, b"made", {"Retry-After": "5"})))
+        assert (outcome.status, outcome.error, outcome.excerpt) == (201, None, b"made")
+        assert outcome.retry_after == 5.0
+        assert len(receiver.requests) == 1
+
+    def test_repeated_retry_after_headers_are_not_trusted(self) -> None:
+        busy = sending(
+            b"HTTP/1.1 503 Busy\r\nRetry-After: 5\r\nRetry-After: 3600\r\nContent-Length: 0\r\n\r\n"
+        )
+        outcome, _, _ = deliver(busy)
+        assert (outcome.status, outcome.retry_after) == (503, None)
+
+    def test_the_connection_is_closed_by_the_request_not_the_caller(self) -> None:
+        async def scenario() -> Receiver:
+            async with Receiver() as receiver:
+                outcome = await send(
+                    receiver.url(),
+                    b"{}",
+                    {"Connection": "keep-alive", "Transfer-Encoding": "chunked"},
+                    allow_private=True,
+                    require_https=False,
+                )
+                assert (outcome.status, outcome.error) == (200, None)
+            return receiver
+
+        [request] = asyncio.run(scenario()).requests
+        assert request.headers["connection"] == "close"
+        assert "transfer-encoding" not in request.headers
+        assert request.header_names.count("connection") == 1
+
+    @pytest.mark.parametrize(
+        "headers",
+        [
+            {"X-Evil": "a\r\nX-Injected: 1"},
+            {"X-Evil": "a\nX-Injected: 1"},
+            {"X-Evil\r\nX-Injected": "1"},
+            {"Bad Name": "1"},
+            {"X-Name": "Zoë"},
+        ],
+    )
+    def test_an_invalid_caller_header_is_refused_before_connecting(
+        self, headers: dict[str, str]
+    ) -> None:
+        async def scenario() -> tuple[Outcome, Receiver]:
+            async with Receiver() as receiver:
+                outcome = await send(
+                    receiver.url(), b"{}", headers, allow_private=True, require_https=False
+                )
+            return outcome, receiver
+
+        outcome, receiver = asyncio.run(scenario())
+        assert (outcome.status, outcome.error) == (None, "protocol error")
+        assert receiver.connections == 0
+
+
 # --------------------------------------------------------------------------- TLS
 
 
@@ -911,6 +1091,73 @@ class TestSendTls:
         outcome, receiver, _ = self._deliver(pki.server_context("other.example"))
         assert (outcome.status, outcome.error) == (None, "tls error")
         assert receiver.requests == []
+
+    @pytest.mark.parametrize(
+        ("respond", "options", "expected"),
+        [
+            (endless_chunks, {"max_response_bytes": 1500}, (200, None)),
+            (stall, {"timeout": 0.3}, (None, "timeout")),
+            (trickle, {"timeout": 0.5}, (200, "timeout")),
+        ],
+    )
+    def test_a_tls_exchange_cut_off_by_the_cap_or_the_deadline_ends_promptly(
+        self,
+        pki: Pki,
+        fake_dns: Callable[..., FakeResolver],
+        respond: Respond,
+        options: dict[str, Any],
+        expected: tuple[int | None, str | None],
+    ) -> None:
+        fake_dns(hooks_example=[["127.0.0.1"]])
+
+        async def scenario() -> Outcome:
+            context = pki.server_context("hooks.example")
+            async with Receiver(respond, ssl_context=context) as receiver:
+                return await send(
+                    receiver.url(host="hooks.example", scheme="https"),
+                    b"{}",
+                    {},
+                    allow_private=True,
+                    require_https=True,
+                    **options,
+                )
+
+        started = time.monotonic()
+        outcome = asyncio.run(scenario())
+        assert (outcome.status, outcome.error) == expected
+        assert time.monotonic() - started < 3.0
+
+    @pytest.mark.parametrize("timeout", [0.3, 10.0])
+    def test_a_peer_that_ignores_the_tls_goodbye_does_not_spoil_a_complete_answer(
+        self, pki: Pki, fake_dns: Callable[..., FakeResolver], timeout: float
+    ) -> None:
+        # the answer is complete, but the server neither closes nor reads our close_notify
+        async def answer_and_linger(
+            receiver: Receiver, _request: Received, writer: asyncio.StreamWriter
+        ) -> None:
+            writer.write(reply(200, b"ok"))
+            await writer.drain()
+            writer.transport.pause_reading()
+            await receiver.release.wait()
+
+        fake_dns(hooks_example=[["127.0.0.1"]])
+
+        async def scenario() -> Outcome:
+            context = pki.server_context("hooks.example")
+            async with Receiver(answer_and_linger, ssl_context=context) as receiver:
+                return await send(
+                    receiver.url(host="hooks.example", scheme="https"),
+                    b"{}",
+                    {},
+                    allow_private=True,
+                    require_https=True,
+                    timeout=timeout,
+                )
+
+        started = time.monotonic()
+        outcome = asyncio.run(scenario())
+        assert (outcome.status, outcome.error, outcome.excerpt) == (200, None, b"ok")
+        assert time.monotonic() - started < 2.0
 
     def test_an_ip_literal_is_verified_against_the_ip(self, pki: Pki) -> None:
         # the test certificates name hosts, not 127.0.0.1, so verification must fail
