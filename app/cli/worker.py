@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 from typing import Annotated
 
@@ -28,15 +29,16 @@ def worker(
     concurrency: Annotated[
         int | None, typer.Option(min=1, max=512, help="Deliveries sent at once")
     ] = None,
-    once: Annotated[
-        bool, typer.Option("--once", help="Send what is due now, then exit")
-    ] = False,
+    once: Annotated[bool, typer.Option("--once", help="Send what is due now, then exit")] = False,
 ) -> None:
     """Dispatch webhooks: fan events out and send deliveries, until stopped."""
     settings = settings_or_exit()
     logging.basicConfig(level=settings.log_level.upper())
     with refusals():
         state = bootstrap.build_state(settings)
+    if settings.webhook_worker_nice:
+        # Only ever lowered: an unprivileged process cannot raise it back, and need not.
+        os.nice(settings.webhook_worker_nice)
     dispatcher = Dispatcher(state, concurrency=concurrency or 0)
     try:
         if once:

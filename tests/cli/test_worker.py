@@ -23,9 +23,12 @@ __all__ = ["receiver"]  # the loopback receiver fixture, shared with tests/webho
 TALLY = re.compile(r"events fanned out: (\d+); attempts: (\d+) \((\d+) succeeded, (\d+) failed\)")
 
 
-def run(world: World, *args: str) -> tuple[int, str]:
+def run(world: World, *args: str, **extra: str) -> tuple[int, str]:
     settings = world.settings
     env = {
+        # The worker runs inside the test process here: it must not lower the tests' priority.
+        "TEARLINE_WEBHOOK_WORKER_NICE": "0",
+        **extra,
         "TEARLINE_ENV": "development",
         "TEARLINE_DATA_DIR": str(settings.data_dir),
         "TEARLINE_DATABASE_URL": settings.resolved_database_url,
@@ -134,3 +137,23 @@ class TestWorkerOnce:
             result = CliRunner().invoke(cli, ["worker", "--once", "--concurrency", value])
 
             assert result.exit_code == 2, result.output
+
+
+class TestWorkerPriority:
+    def test_the_worker_lowers_its_priority_by_the_configured_niceness(
+        self, fresh_world: World, monkeypatch: Any
+    ) -> None:
+        lowered: list[int] = []
+        monkeypatch.setattr("app.cli.worker.os.nice", lowered.append)
+        code, _ = run(fresh_world, "worker", "--once", TEARLINE_WEBHOOK_WORKER_NICE="7")
+        assert code == 0
+        assert lowered == [7]
+
+    def test_a_niceness_of_zero_leaves_the_priority_alone(
+        self, fresh_world: World, monkeypatch: Any
+    ) -> None:
+        lowered: list[int] = []
+        monkeypatch.setattr("app.cli.worker.os.nice", lowered.append)
+        code, _ = run(fresh_world, "worker", "--once")
+        assert code == 0
+        assert lowered == []
