@@ -17,7 +17,18 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Connection, Row, RowMapping, Table, and_, bindparam, or_, select, update
+from sqlalchemy import (
+    Connection,
+    Row,
+    RowMapping,
+    Table,
+    and_,
+    bindparam,
+    or_,
+    select,
+    tuple_,
+    update,
+)
 from sqlalchemy.orm import Session
 
 from app.audit import service as audit
@@ -496,16 +507,17 @@ def claim(session: Session, services: DeliveryServices, *, limit: int) -> list[J
             .values(status="withheld", lease_until=None, next_attempt_at=None, completed_at=now)
         )
     if jobs:
+        # One statement for the batch: the rows are locked, so each job's attempt number
+        # (read above) is the stored one plus one.
         conn.execute(
             update(_deliveries)
-            .where(_deliveries.c.id == bindparam("delivery_id"))
+            .where(_deliveries.c.id.in_([j.delivery_id for j in jobs]))
             .values(
                 status="sending",
                 lease_until=lease,
-                attempts=bindparam("attempt"),
+                attempts=_deliveries.c.attempts + 1,
                 next_attempt_at=None,
-            ),
-            [{"delivery_id": j.delivery_id, "attempt": j.attempt} for j in jobs],
+            )
         )
     audit.insert_rows(conn, trace)
     return jobs
@@ -703,30 +715,33 @@ def record(session: Session, settings: Settings, results: Sequence[Result]) -> N
             for r in results
         ],
     )
-    conn.execute(
-        _MOVE_ON,
-        [_moved_on(settings, r, now) for r in results],
-    )
+    # One statement per kind of outcome (under load nearly all are "succeeded, 200"); only
+    # retries, each due at its own time, go one by one.
+    groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+    for r in results:
+        moved = _moved_on(settings, r, now)
+        key = (moved["new_status"], moved["code"], moved["error"], moved["due"])
+        groups.setdefault(key, []).append(moved)
+    for (new_status, code, error, due), rows in groups.items():
+        conn.execute(
+            update(_deliveries)
+            .where(
+                # Only the claim this worker holds: a lease that ran out may have passed on.
+                tuple_(_deliveries.c.id, _deliveries.c.attempts).in_(
+                    [(m["delivery_id"], m["attempt"]) for m in rows]
+                ),
+                _deliveries.c.status == "sending",
+            )
+            .values(
+                status=new_status,
+                next_attempt_at=due,
+                completed_at=None if new_status == "pending" else now,
+                last_status=code,
+                last_error=error,
+                lease_until=None,
+            )
+        )
     _update_subscriptions(conn, settings, results, now)
-
-
-# Only the claim this worker holds: a lease that ran out may have passed to another worker.
-_MOVE_ON = (
-    update(_deliveries)
-    .where(
-        _deliveries.c.id == bindparam("delivery_id"),
-        _deliveries.c.status == "sending",
-        _deliveries.c.attempts == bindparam("attempt"),
-    )
-    .values(
-        status=bindparam("new_status"),
-        next_attempt_at=bindparam("due"),
-        completed_at=bindparam("done"),
-        last_status=bindparam("code"),
-        last_error=bindparam("error"),
-        lease_until=None,
-    )
-)
 
 
 def _moved_on(settings: Settings, r: Result, now: datetime) -> dict[str, Any]:

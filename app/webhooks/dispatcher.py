@@ -125,17 +125,24 @@ class Dispatcher:
         self._done.append(task.result())
         self._wake.set()
 
-    async def _flush(self) -> None:
-        if not self._done:
-            return
-        results, self._done = self._done, []
-        await self.state.db.run(lambda s: self._record(s, results))
+    def _count(self, results: list[delivery.Result]) -> None:
         for r in results:
             self.tally.sent += 1
             if r.succeeded:
                 self.tally.succeeded += 1
             else:
                 self.tally.failed += 1
+
+    async def _flush(self) -> None:
+        if not self._done:
+            return
+        results, self._done = self._done, []
+        try:
+            await self.state.db.run(lambda s: self._record(s, results))
+        except BaseException:
+            self._done[:0] = results
+            raise
+        self._count(results)
 
     async def step(self) -> int:
         """One round: prepare, record finished sends, claim and start new ones; jobs started."""
@@ -145,11 +152,24 @@ class Dispatcher:
             # up to 500 events, and a round per finished send would mostly find nothing new.
             await self.prepare()
             self._next_prepare = now + PREPARE_EVERY
-        await self._flush()
         free = self.concurrency - len(self._in_flight)
         if free <= 0 or self._stopping:
+            await self._flush()
             return 0
-        jobs = await self.state.db.run(lambda s: self._claim(s, free))
+        results, self._done = self._done, []
+
+        def record_and_claim(session: Session) -> list[delivery.Job]:
+            # One transaction (one commit) records what finished and claims what is due.
+            self._record(session, results)
+            return self._claim(session, free)
+
+        try:
+            jobs = await self.state.db.run(record_and_claim)
+        except BaseException:
+            # Recorded by the next round: only a lease that runs out first would resend them.
+            self._done[:0] = results
+            raise
+        self._count(results)
         for job in jobs:
             task = asyncio.get_running_loop().create_task(self._send(job))
             self._in_flight.add(task)
