@@ -56,7 +56,7 @@ class Settings(BaseSettings):
     webhook_dispatch_in_serve: bool = True
     webhook_poll_seconds: float = Field(default=0.5, gt=0, le=60)
     # Deliveries one dispatcher sends at once.
-    webhook_concurrency: int = Field(default=32, ge=1, le=512)
+    webhook_concurrency: int = Field(default=64, ge=1, le=512)
     # Scheduling priority `tearline worker` lowers itself by (nice, 0-19): delivery is background
     # work that catches up later, so on a shared machine the API keeps its CPU under load.
     webhook_worker_nice: int = Field(default=10, ge=0, le=19)

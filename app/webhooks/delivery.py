@@ -77,18 +77,19 @@ class StoredEvent:
     position: int
 
     @classmethod
-    def from_row(cls, row: Row[Any] | Any) -> StoredEvent:
+    def from_row(cls, row: Row[Any] | Any, prefix: str = "") -> StoredEvent:
+        """The event in a row of EVENT_COLUMNS, each labelled `prefix` + its name."""
         m = row._mapping
         return cls(
-            id=m["id"],
-            uid=m["uid"],
-            type=m["type"],
-            occurred_at=m["occurred_at"],
-            recipient=m["recipient"],
-            report_id=m["report_id"],
-            data=dict(m["data"]),
-            audience=frozenset(m["audience"] or ()),
-            position=m["position"],
+            id=m[f"{prefix}id"],
+            uid=m[f"{prefix}uid"],
+            type=m[f"{prefix}type"],
+            occurred_at=m[f"{prefix}occurred_at"],
+            recipient=m[f"{prefix}recipient"],
+            report_id=m[f"{prefix}report_id"],
+            data=dict(m[f"{prefix}data"]),
+            audience=frozenset(m[f"{prefix}audience"] or ()),
+            position=m[f"{prefix}position"],
         )
 
     @property
@@ -600,20 +601,9 @@ class _Context:
 
 
 def _event_of(row: Row[Any]) -> StoredEvent | None:
-    m = row._mapping
-    if m["event_id"] is None:
-        return None
-    return StoredEvent(
-        id=m["event_id"],
-        uid=m["event_uid"],
-        type=m["event_type"],
-        occurred_at=m["event_occurred_at"],
-        recipient=m["event_recipient"],
-        report_id=m["event_report_id"],
-        data=dict(m["event_data"]),
-        audience=frozenset(m["event_audience"] or ()),
-        position=m["event_position"],
-    )
+    if row._mapping["event_id"] is None:
+        return None  # a ping
+    return StoredEvent.from_row(row, prefix="event_")
 
 
 def _red_reports(conn: Connection, report_ids: list[str]) -> frozenset[str]:
