@@ -25,12 +25,12 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 
 pytest: $(STAMP)
-	TEARLINE_TEST_BACKEND=sqlite $(BIN)/pytest -q -p no:cacheprovider
+	TEARLINE_TEST_BACKEND=sqlite $(BIN)/pytest -q -p no:cacheprovider -n 2
 
 pytest-postgres: $(STAMP)
 	@if [ -n "$$TEARLINE_TEST_DATABASE_URL" ]; then \
 		echo "== PostgreSQL: $$TEARLINE_TEST_DATABASE_URL"; \
-		TEARLINE_TEST_BACKEND=postgres $(BIN)/pytest -q -p no:cacheprovider; \
+		TEARLINE_TEST_BACKEND=postgres $(BIN)/pytest -q -p no:cacheprovider -n 2; \
 	else \
 		echo "== PostgreSQL run skipped: TEARLINE_TEST_DATABASE_URL is not set"; \
 	fi

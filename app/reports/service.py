@@ -276,9 +276,9 @@ def index_version(
     """
     conn = session.connection()
     if previous is None:
-        insert_entries(conn, index, {report.id: entries})
+        insert_entries(conn, index, {report.id: entries}, {report.id: report.originator})
     else:
-        replace_entries(conn, index, report.id, entries)
+        replace_entries(conn, index, report.id, report.originator, entries)
     known = set(previous or ())
     matches.alert_matches(
         session,

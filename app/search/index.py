@@ -71,33 +71,45 @@ class BlindIndex:
 
 
 def replace_entries(
-    conn: Connection, index: BlindIndex, report_id: str, entries: Iterable[IndexEntry]
+    conn: Connection,
+    index: BlindIndex,
+    report_id: str,
+    originator: str,
+    entries: Iterable[IndexEntry],
 ) -> None:
     """Make `entries` the report's index rows (its current version's entities), in the
     caller's transaction."""
-    replace_batch(conn, index, {report_id: list(entries)})
+    replace_batch(conn, index, {report_id: list(entries)}, {report_id: originator})
 
 
 def replace_batch(
-    conn: Connection, index: BlindIndex, entries: Mapping[str, Iterable[IndexEntry]]
+    conn: Connection,
+    index: BlindIndex,
+    entries: Mapping[str, Iterable[IndexEntry]],
+    originators: Mapping[str, str],
 ) -> None:
     """`replace_entries` for several reports at once: one DELETE, one INSERT."""
     if not entries:
         return
     conn.execute(delete(_index).where(_index.c.report_id.in_(sorted(entries))))
-    insert_entries(conn, index, entries)
+    insert_entries(conn, index, entries, originators)
 
 
 def insert_entries(
-    conn: Connection, index: BlindIndex, entries: Mapping[str, Iterable[IndexEntry]]
+    conn: Connection,
+    index: BlindIndex,
+    entries: Mapping[str, Iterable[IndexEntry]],
+    originators: Mapping[str, str],
 ) -> None:
-    """Index rows for reports that have none yet (each report's entries deduplicated)."""
+    """Index rows for reports that have none yet (each report's entries deduplicated);
+    `originators` names each report's originator."""
     rows = [
         {
             "report_id": report_id,
             "entity_type": e.entity_type,
             "digest": e.digest,
             "key_id": index.key_id,
+            "originator": originators[report_id],
         }
         for report_id, report_entries in entries.items()
         for e in dict.fromkeys(report_entries)

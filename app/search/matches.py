@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import cast
 
-from sqlalchemy import Table, and_, select
+from sqlalchemy import Table, and_, or_, select
 from sqlalchemy.orm import Session
 
 from app.audit import service as audit
@@ -64,7 +64,9 @@ def alert_matches(
         select(_index.c.report_id, _index.c.entity_type, _index.c.digest).where(
             _index.c.digest.in_(sorted({e.digest for e in entries})),
             _index.c.key_id == index.key_id,
-            _index.c.report_id != report_id,
+            # Two ranges of the lookup index around the originator's own rows ("!=" is served
+            # by no index): its earlier reports on the same entity are never visited.
+            or_(_index.c.originator < originator, _index.c.originator > originator),
         )
     ):
         if IndexEntry(entity_type, digest) in wanted:

@@ -26,8 +26,12 @@ class EntityIndex(Base):
     # Which index key made the digest: after a rotation, rows of the old key are rebuilt by
     # `tearline search reindex` and searches only look at rows of the key in force.
     key_id: Mapped[str] = mapped_column(String(16))
+    # Copy of the report's originator: a match check skips the member's own reports inside the
+    # index (two ranges of it), instead of visiting every earlier report of its own that holds
+    # the same entity.
+    originator: Mapped[str] = mapped_column(String(16))
 
-    __table_args__ = (Index("ix_entity_index_lookup", "digest", "key_id"),)
+    __table_args__ = (Index("ix_entity_index_lookup", "digest", "key_id", "originator"),)
 
 
 class AccessRequest(Base):

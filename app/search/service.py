@@ -211,8 +211,10 @@ def reindex_batch(
         return None
     rows = conn.execute(_CURRENT_VERSION.where(_reports.c.id.in_(ids))).all()
     batch_entries: dict[str, list[IndexEntry]] = {}
+    originators: dict[str, str] = {}
     for row in rows:
         m = row._mapping
+        originators[m["id"]] = m["originator"]
         entries: list[IndexEntry] = []
         if m["status"] != "purged" and m["entities_ct"] is not None:
             plain = reports.decrypt_fields(
@@ -232,5 +234,5 @@ def reindex_batch(
         tally.reports += 1
         tally.entities += len(set(entries))
     # One DELETE and one multi-row INSERT for the batch, not two statements per report.
-    replace_batch(conn, index, batch_entries)
+    replace_batch(conn, index, batch_entries, originators)
     return ids[-1]

@@ -295,7 +295,7 @@ RSA_SECRETS = [
 
 
 class TestAlgorithmConfusion:
-    @pytest.mark.parametrize("secret", EC_SECRETS)
+    @pytest.mark.parametrize("secret", EC_SECRETS, ids=lambda _: "encoding")
     @pytest.mark.parametrize(("alg", "digest"), [("HS256", "sha256"), ("HS512", "sha512")])
     def test_hmac_token_keyed_with_the_ec_public_key_is_rejected(
         self, secret: bytes, alg: str, digest: str
@@ -303,7 +303,7 @@ class TestAlgorithmConfusion:
         token = forge(header(alg=alg), signer=hs_signer(secret, digest))
         rejected(token, "alg_not_allowed")
 
-    @pytest.mark.parametrize("secret", RSA_SECRETS)
+    @pytest.mark.parametrize("secret", RSA_SECRETS, ids=lambda _: "encoding")
     def test_hs256_token_signed_with_the_rsa_public_key_is_rejected(self, secret: bytes) -> None:
         token = forge(header(alg="HS256", kid=RSA_KEY.kid), signer=hs_signer(secret))
         rejected(token, "alg_not_allowed")

@@ -15,6 +15,7 @@ from app.reports.models import Report
 from app.search.index import BlindIndex
 from app.search.models import EntityIndex
 from tests.conftest import World, report_body
+from tests.search.test_access_requests import own_entities
 
 
 def valid_iban(rng: random.Random | None = None) -> str:
@@ -100,6 +101,15 @@ class TestIndexRows:
         assert iban.encode() not in b"".join(
             v if isinstance(v, bytes) else str(v).encode() for row in dump for v in row
         )
+
+    def test_each_row_carries_its_reports_originator(self, world: World) -> None:
+        created = world.submit("JPN", entities=own_entities())
+        with transaction(world.state.sessionmaker) as session:
+            originators = session.scalars(
+                select(EntityIndex.originator).where(EntityIndex.report_id == created["id"])
+            ).all()
+        assert originators
+        assert set(originators) == {"JPN"}
 
     def test_an_invalid_iban_is_refused_and_nothing_is_written(self, world: World) -> None:
         with transaction(world.state.sessionmaker) as session:
