@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import random
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
@@ -45,6 +46,8 @@ from app.reports.models import Report, ReportAccess, effective_level
 from app.reports.schemas import report_out
 from app.webhooks import service as events
 from app.webhooks.models import Attempt, Cursor, Delivery, Event, Subscription
+
+log = logging.getLogger("tearline.webhooks")
 
 _events = cast(Table, Event.__table__)
 _subs = cast(Table, Subscription.__table__)
@@ -261,9 +264,13 @@ class Target:
     topics: frozenset[str] | None
     created_at: datetime
 
-    def wants(self, event: StoredEvent) -> bool:
+    def wants(self, event: StoredEvent, allowed: Entitlement) -> bool:
         if event.type not in self.events or event.occurred_at < self.created_at:
             return False
+        if event.type in events.REPORT_EVENTS and allowed.access not in READABLE_LEVELS:
+            # A withdrawal or lost access reaches a former reader whatever its topic filter:
+            # filtering on the report's current topics would tell it what they are now.
+            return True
         topics = event.data.get("topics")
         return self.topics is None or topics is None or not self.topics.isdisjoint(topics)
 
@@ -318,7 +325,8 @@ def fan_out(session: Session, state: PolicyState, *, limit: int = CHUNK) -> int:
         now = utcnow()
         for event in batch:
             for target in targets:
-                if target.wants(event) and entitlement(event, target.member, levels, chairs):
+                allowed = entitlement(event, target.member, levels, chairs)
+                if allowed is not None and target.wants(event, allowed):
                     rows.append(_new_delivery(target.id, event.id, "event", now))
     if rows:
         conn.execute(_deliveries.insert(), rows)
@@ -493,14 +501,45 @@ def claim(session: Session, services: DeliveryServices, *, limit: int) -> list[J
     jobs: list[Job] = []
     trace: list[dict[str, object]] = []
     withheld: list[str] = []
+    broken: list[str] = []
     for row, event in zip(rows, found, strict=True):
         m = row._mapping
-        job, entry = context.prepare(row, event)
+        try:
+            job, entry = context.prepare(row, event)
+        except Exception:
+            # One delivery that cannot be prepared (a secret or key that fails to open) must
+            # not hold up the others, nor the recording of finished sends in this transaction.
+            log.exception("webhook delivery %s could not be prepared", m["delivery_id"])
+            broken.append(m["delivery_id"])
+            job, entry = (
+                None,
+                audit.Entry(
+                    action="webhook.deliver",
+                    decision="error",
+                    target=f"webhook:{m['id']}",
+                    reasons=(f"delivery:{m['delivery_id']}", "not_prepared"),
+                ),
+            )
+            trace.append(
+                audit.row(audit.Actor(member=m["member_code"], client=m["created_by"]), entry)
+            )
+            continue
         trace.append(audit.row(audit.Actor(member=m["member_code"], client=m["created_by"]), entry))
         if job is None:
             withheld.append(m["delivery_id"])
         else:
             jobs.append(job)
+    if broken:
+        conn.execute(
+            update(_deliveries)
+            .where(_deliveries.c.id.in_(broken))
+            .values(
+                status="failed",
+                last_error="could not be prepared",
+                next_attempt_at=None,
+                completed_at=now,
+            )
+        )
     if withheld:
         conn.execute(
             update(_deliveries)
@@ -690,6 +729,14 @@ def record(session: Session, settings: Settings, results: Sequence[Result]) -> N
     results = [r for r in results if r.job.delivery_id in alive]
     if not results:
         return
+    # Subscriptions before their deliveries, in id order, as every other path takes them
+    # (DELETE, retry, ping): two transactions never wait on each other the other way round.
+    conn.execute(
+        select(_subs.c.id)
+        .where(_subs.c.id.in_(sorted({r.job.subscription_id for r in results})))
+        .order_by(_subs.c.id)
+        .with_for_update()
+    ).all()
     conn.execute(
         _attempts.insert(),
         [

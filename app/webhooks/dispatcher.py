@@ -64,16 +64,19 @@ class Dispatcher:
         """Look for work now rather than at the next poll."""
         self._wake.set()
 
-    async def prepare(self) -> int:
-        """Sequence committed events (PostgreSQL) and fan out all there is; events passed."""
+    async def prepare(self, passes: int | None = None) -> int:
+        """Sequence committed events (PostgreSQL) and fan them out, in at most `passes` passes
+        of 500 (None: all there is); events passed."""
         db = self.state.db
         if db.engine.dialect.name == "postgresql":
             while await db.run(_sequence) > 0:
                 pass
         total = 0
-        while True:
+        done = 0
+        while passes is None or done < passes:
             passed = await db.run(self._fan_out)
             total += passed
+            done += 1
             if passed < delivery.CHUNK:
                 break
         self.tally.fanned_out += total
@@ -148,9 +151,11 @@ class Dispatcher:
         """One round: prepare, record finished sends, claim and start new ones; jobs started."""
         now = time.monotonic()
         if now >= self._next_prepare or not self._in_flight:
-            # Under load, sequencing and fan-out every few rounds is enough: each pass takes
-            # up to 500 events, and a round per finished send would mostly find nothing new.
-            await self.prepare()
+            # Finished sends are recorded first: a long fan-out (a backlog) must not outlast
+            # their leases, or another worker would send them again.
+            await self._flush()
+            # Under load, one fan-out pass (500 events) every 100 ms is enough; idle, all of it.
+            await self.prepare(passes=1 if self._in_flight else None)
             self._next_prepare = now + PREPARE_EVERY
         free = self.concurrency - len(self._in_flight)
         if free <= 0 or self._stopping:

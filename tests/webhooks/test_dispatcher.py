@@ -26,7 +26,7 @@ from app import bootstrap
 from app.config import PROJECT_ROOT
 from app.webhooks.dispatcher import Dispatcher
 from app.webhooks.models import Subscription
-from tests.conftest import World, drop_database, make_world
+from tests.conftest import World, drop_database, make_world, report_body
 from tests.policy import test_reload as reloading
 from tests.webhooks.conftest import (
     Receiver,
@@ -421,6 +421,30 @@ class TestNeedToKnow:
         dispatch(fresh_world)
         assert [r.json["data"]["report_id"] for r in receiver.at("/rev")] == [oil["id"]]
         assert [r.json["data"]["report_id"] for r in receiver.at("/haw")] == [hawala["id"]]
+
+    def test_a_member_losing_access_learns_nothing_of_the_new_topics_through_its_filters(
+        self, fresh_world: World, receiver: Receiver
+    ) -> None:
+        events = ["report.updated"]
+        subscribe(fresh_world, "DEU", receiver.url("/old"), events=events, topics=["REV"])
+        subscribe(fresh_world, "DEU", receiver.url("/new"), events=events, topics=["MOV"])
+        subscribe(fresh_world, "DEU", receiver.url("/other"), events=events, topics=["CTR"])
+        report = fresh_world.submit("USA", topics=["REV.OIL"], releasable_to=["ALL"])
+        changed = fresh_world.http.put(
+            f"/v1/reports/{report['id']}",
+            json=report_body(topics=["MOV.HAW"], releasable_to=["CHAIRS"], summary=None),
+            headers=fresh_world.headers("USA", **{"If-Match": '"1"'}),
+        )
+        assert changed.status_code == 200, changed.text
+        dispatch(fresh_world)
+        got = {
+            path: [r.json["data"] for r in receiver.at(path)] for path in ("/old", "/new", "/other")
+        }
+        # Every filter alike: which one matches would tell DEU the report's topics now.
+        assert got["/old"] == got["/new"] == got["/other"]
+        assert len(got["/old"]) == 1
+        assert "topics" not in got["/old"][0]
+        assert got["/old"][0]["access"] not in ("full", "tearline")
 
     def test_events_before_a_subscription_existed_are_not_delivered(
         self, fresh_world: World, receiver: Receiver
