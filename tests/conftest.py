@@ -8,6 +8,7 @@ instead of skipping, so CI can never pass without having run on it.
 from __future__ import annotations
 
 import os
+import shutil
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -196,3 +197,20 @@ def fresh_world(tmp_path: Path) -> Iterator[World]:
     yield w
     w.close()
     drop_database(w.settings.resolved_database_url)
+
+
+@pytest.fixture
+def policies(tmp_path: Path) -> Path:
+    """A copy of the shipped bundle that the test may change."""
+    target = tmp_path / "policies"
+    shutil.copytree(PROJECT_ROOT / "policies", target)
+    return target
+
+
+@pytest.fixture
+def reloadable(tmp_path: Path, policies: Path) -> Iterator[World]:
+    """A world serving the bundle in `policies`."""
+    world = make_world(tmp_path / "world", policy_dir=policies)
+    yield world
+    world.close()
+    drop_database(world.settings.resolved_database_url)

@@ -561,9 +561,7 @@ ROUTES: dict[tuple[str, str], Check] = {
     ),
     ("GET", "/v1/webhooks"): _protected("GET", "/v1/webhooks", "webhooks"),
     ("GET", "/v1/webhooks/{webhook_id}"): _webhook_route("GET", "/v1/webhooks/{webhook_id}"),
-    ("DELETE", "/v1/webhooks/{webhook_id}"): _webhook_route(
-        "DELETE", "/v1/webhooks/{webhook_id}"
-    ),
+    ("DELETE", "/v1/webhooks/{webhook_id}"): _webhook_route("DELETE", "/v1/webhooks/{webhook_id}"),
     ("POST", "/v1/webhooks/{webhook_id}/rotate-secret"): _webhook_route(
         "POST", "/v1/webhooks/{webhook_id}/rotate-secret"
     ),

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -12,28 +10,10 @@ from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 
 from app.audit.models import AuditEntry
-from app.config import PROJECT_ROOT
 from app.db import transaction
 from app.policy import reload as reload_module
 from app.reports.models import ReportAccess
-from tests.conftest import World, drop_database, make_world
-
-
-@pytest.fixture
-def policies(tmp_path: Path) -> Path:
-    """A copy of the shipped bundle that the test may change."""
-    target = tmp_path / "policies"
-    shutil.copytree(PROJECT_ROOT / "policies", target)
-    return target
-
-
-@pytest.fixture
-def reloadable(tmp_path: Path, policies: Path) -> Iterator[World]:
-    """A world serving the bundle in `policies`."""
-    world = make_world(tmp_path / "world", policy_dir=policies)
-    yield world
-    world.close()
-    drop_database(world.settings.resolved_database_url)
+from tests.conftest import World
 
 
 def lower_clearance(policies: Path, code: str, to: str) -> None:

@@ -3,8 +3,6 @@ members (the readers before a change, or exactly those whose level changed)."""
 
 from __future__ import annotations
 
-import shutil
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -15,12 +13,11 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.config import PROJECT_ROOT
 from app.db import utcnow
 from app.reports import service
 from app.reports.service import Redecision
 from app.webhooks.models import Event
-from tests.conftest import World, drop_database, make_world, report_body
+from tests.conftest import World, report_body
 from tests.policy import test_reload as reloading
 from tests.reports.test_lifecycle import purge, put, revoke
 from tests.search.test_access_requests import (
@@ -260,23 +257,6 @@ class TestDecideRequest:
         assert decide(world, "DEU", request["id"], approve=False).status_code == 200
 
         assert [e.type for e in events_on(world, report["id"])] == ["report.created"]
-
-
-@pytest.fixture
-def policies(tmp_path: Path) -> Path:
-    """A copy of the shipped bundle that the test may change."""
-    target = tmp_path / "policies"
-    shutil.copytree(PROJECT_ROOT / "policies", target)
-    return target
-
-
-@pytest.fixture
-def reloadable(tmp_path: Path, policies: Path) -> Iterator[World]:
-    """A world of its own serving the bundle in `policies`."""
-    world = make_world(tmp_path / "world", policy_dir=policies)
-    yield world
-    world.close()
-    drop_database(world.settings.resolved_database_url)
 
 
 class TestRedecideBatch:

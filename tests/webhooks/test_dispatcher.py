@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 import socket
 import threading
 from collections import Counter
@@ -23,7 +22,6 @@ from sqlalchemy import select
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from app import bootstrap
-from app.config import PROJECT_ROOT
 from app.webhooks.dispatcher import Dispatcher
 from app.webhooks.models import Subscription
 from tests.conftest import World, drop_database, make_world, report_body
@@ -536,29 +534,27 @@ class TestJweFormat:
 
 class TestPolicyReload:
     def test_an_event_waits_for_re_decision_rather_than_being_passed_over(
-        self, tmp_path: Path, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+        self,
+        reloadable: World,
+        policies: Path,
+        receiver: Receiver,
+        monkeypatch: pytest.MonkeyPatch,
     ) -> None:
-        policies = tmp_path / "policies"
-        shutil.copytree(PROJECT_ROOT / "policies", policies)
-        world = make_world(tmp_path / "world", policy_dir=policies)
-        try:
-            subscribe(world, "DEU", receiver.url())
-            report = world.submit("USA", releasable_to=["ALL"])
-            # A bundle change that does not concern DEU; its re-decision is held back.
-            reloading.lower_clearance(policies, "NLD", "RESTRICTED")
-            monkeypatch.setattr(world.state.redecider, "kick", lambda: None)
-            assert reloading.reload(world).status_code == 200
-            dispatch(world)
-            assert receiver.at("/hook") == []
-            monkeypatch.undo()
+        world = reloadable
+        subscribe(world, "DEU", receiver.url())
+        report = world.submit("USA", releasable_to=["ALL"])
+        # A bundle change that does not concern DEU; its re-decision is held back.
+        reloading.lower_clearance(policies, "NLD", "RESTRICTED")
+        monkeypatch.setattr(world.state.redecider, "kick", lambda: None)
+        assert reloading.reload(world).status_code == 200
+        dispatch(world)
+        assert receiver.at("/hook") == []
+        monkeypatch.undo()
 
-            async def redecide() -> None:
-                world.state.redecider.kick()
-                await world.state.redecider.wait()
+        async def redecide() -> None:
+            world.state.redecider.kick()
+            await world.state.redecider.wait()
 
-            world.http.portal.call(redecide)  # type: ignore[union-attr]
-            dispatch(world)
-            assert [r.json["data"]["report_id"] for r in receiver.at("/hook")] == [report["id"]]
-        finally:
-            world.close()
-            drop_database(world.settings.resolved_database_url)
+        world.http.portal.call(redecide)  # type: ignore[union-attr]
+        dispatch(world)
+        assert [r.json["data"]["report_id"] for r in receiver.at("/hook")] == [report["id"]]

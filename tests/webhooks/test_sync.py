@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import base64
 import random
-import shutil
 import struct
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
@@ -19,13 +17,12 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from app.config import PROJECT_ROOT
 from app.db import utcnow
 from app.kit import crypto, pagination
 from app.webhooks import service
 from app.webhooks import sync as sync_module
 from app.webhooks.models import Event
-from tests.conftest import World, drop_database, make_world
+from tests.conftest import World
 from tests.policy import test_reload as reloading
 from tests.search.test_access_requests import (
     approved,
@@ -514,17 +511,6 @@ def _for_fra(event: dict[str, Any]) -> bool:
     """Whether a writer's event was one meant for FRA (odd-numbered)."""
     mark = event["data"].get("webhook_id", "")
     return mark.startswith("w") and int(mark.rsplit("-", 1)[1]) % 2 == 1
-
-
-@pytest.fixture
-def reloadable(tmp_path: Path) -> Iterator[World]:
-    """A world serving a copy of the shipped bundle that the test may change."""
-    policies = tmp_path / "policies"
-    shutil.copytree(PROJECT_ROOT / "policies", policies)
-    w = make_world(tmp_path / "world", policy_dir=policies)
-    yield w
-    w.close()
-    drop_database(w.settings.resolved_database_url)
 
 
 class TestPolicyReload:
