@@ -6,6 +6,7 @@ import asyncio
 import json
 import socket
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
 from datetime import datetime
@@ -132,6 +133,26 @@ class TestSigning:
         for old in (sub["secret"], rotated["secret"]):
             with pytest.raises(WebhookVerificationError):
                 Webhook(old).verify(after.body, after.headers)
+
+
+class TestRotationOverlap:
+    def test_the_old_secret_stops_signing_when_its_overlap_ends(
+        self, fresh_world: World, receiver: Receiver
+    ) -> None:
+        sub = subscribe(fresh_world, "DEU", receiver.url())
+        rotated = fresh_world.http.post(
+            f"/v1/webhooks/{sub['id']}/rotate-secret",
+            json={"overlap_seconds": 1},
+            headers=fresh_world.headers("DEU"),
+        ).json()
+        time.sleep(1.2)
+        fresh_world.submit("USA", releasable_to=["ALL"])
+        dispatch(fresh_world)
+        [got] = receiver.at("/hook")
+        Webhook(rotated["secret"]).verify(got.body, got.headers)
+        with pytest.raises(WebhookVerificationError):
+            Webhook(sub["secret"]).verify(got.body, got.headers)
+        assert got.headers["webhook-signature"].count("v1,") == 1
 
 
 def _free_port() -> int:
