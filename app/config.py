@@ -35,7 +35,14 @@ class Settings(BaseSettings):
     policy_dir: Path = PROJECT_ROOT / "policies"
     key_provider: str = Field(default="local", pattern="^(local|env)$")
     webhook_allow_private: bool | None = None
+    # A signed checkpoint of the audit tree is issued when it has grown by this many entries, or
+    # when this many seconds have passed since the last one and it has grown at all.
     audit_checkpoint_seconds: int = Field(default=60, ge=1)
+    audit_checkpoint_entries: int = Field(default=10_000, ge=1)
+    # Whether `tearline serve` maintains the audit tree and issues checkpoints itself (the
+    # embedded default; harmless beside others, one at a time does the work), and how often.
+    audit_tree_in_serve: bool = True
+    audit_tree_poll_seconds: float = Field(default=1.0, gt=0, le=60)
     # Production refuses SQLite unless an operator says so on purpose.
     allow_sqlite_in_production: bool = False
     access_token_ttl: int = Field(default=900, ge=60, le=900)

@@ -256,9 +256,9 @@ class Database:
         return await self._dispatch(_unit, self.sessionmaker, work)
 
     async def append(self, work: Callable[[Connection], T]) -> T:
-        """Run `work`, which only inserts, as one transaction on a bare connection.
+        """Run `work` as one transaction on a bare connection: no session, no refusal survivors.
 
-        For the audit writer's batches: no session, no refusal survivors, just the rows.
+        For the audit writer's batches and the audit tree's maintenance.
         """
         return await self._dispatch(_append_unit, self.engine, work)
 

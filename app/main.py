@@ -15,7 +15,9 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
 from app import bootstrap
+from app.audit import maintainer
 from app.audit import service as audit
+from app.audit.endpoints import router as audit_router
 from app.auth.endpoints import router as auth_router
 from app.config import Settings, get_settings
 from app.errors import ServiceUnavailable, install_handlers, problem_response, responses
@@ -64,7 +66,10 @@ def create_app(settings: Settings | None = None, *, state: AppState | None = Non
         bootstrap.prepare_database(state)
         hangup = _reload_on_sighup(state)
         running = dispatcher.start(state) if settings.webhook_dispatch_in_serve else None
+        keeping = maintainer.start(state) if settings.audit_tree_in_serve else None
         yield
+        if keeping is not None:
+            await keeping.stop()
         if running is not None:
             await running.stop()
         if hangup:
@@ -108,4 +113,5 @@ def create_app(settings: Settings | None = None, *, state: AppState | None = Non
     app.include_router(policy_router)
     app.include_router(search_router)
     app.include_router(webhooks_router)
+    app.include_router(audit_router)
     return app

@@ -1,6 +1,6 @@
 """Every table, imported in one place for Alembic and the tests."""
 
-from app.audit.models import AuditEntry
+from app.audit.models import AuditEntry, AuditNode, AuditTree, Checkpoint
 from app.auth.models import UsedAssertion
 from app.db import Base
 from app.keys.models import MemberKey
@@ -21,7 +21,10 @@ __all__ = [
     "AccessRequest",
     "Attempt",
     "AuditEntry",
+    "AuditNode",
+    "AuditTree",
     "Base",
+    "Checkpoint",
     "Client",
     "ClientKey",
     "Cursor",

@@ -152,6 +152,8 @@ def make_world(tmp_dir: Path, database_url: str | None = None, **settings_overri
     settings_overrides.setdefault("policy_dir", PROJECT_ROOT / "policies")
     # Tests that deliver webhooks drive a dispatcher themselves, step by step.
     settings_overrides.setdefault("webhook_dispatch_in_serve", False)
+    # Likewise the audit tree and its checkpoints (see tests/audit/conftest.py: maintain).
+    settings_overrides.setdefault("audit_tree_in_serve", False)
     settings = Settings(
         env="development",
         data_dir=tmp_dir / "data",

@@ -7,9 +7,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import cast
 
-from sqlalchemy import Connection, Table
+from sqlalchemy import Connection, Table, event, func, select, text
 from sqlalchemy.orm import Session
 
+from app.audit import canonical
 from app.audit.models import AuditEntry
 from app.db import utcnow
 from app.middleware import request_id_var
@@ -66,16 +67,64 @@ def row(actor: Actor, entry: Entry) -> dict[str, object]:
 
 _entries = cast(Table, AuditEntry.__table__)
 
+# One appender at a time on PostgreSQL, from taking the next index to commit (a transaction-scoped
+# advisory lock; the key is arbitrary but fixed: "TLAUDIT" in ASCII). SQLite has one writer anyway.
+_APPEND_LOCK = 0x544C4155444954
+_NEXT_INDEX = select(func.coalesce(func.max(_entries.c.id), -1) + 1)
+
 
 def insert_rows(conn: Connection, rows: list[dict[str, object]]) -> None:
-    """Insert stored forms made by `row` in the connection's transaction."""
-    if rows:
-        conn.execute(_entries.insert(), rows)
+    """Append stored forms made by `row` in the connection's transaction, as the log's next leaves.
+
+    Each entry gets the next index and its leaf hash here. On PostgreSQL the log's lock is held
+    from here to the commit, so indexes are given in commit order and without gaps: a reader
+    never sees index n + 1 before n. Callers append last in their transaction (see `record`),
+    so that the lock is held only for the insert and the commit.
+    """
+    if not rows:
+        return
+    if conn.dialect.name == "postgresql":
+        conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _APPEND_LOCK})
+    start = int(conn.execute(_NEXT_INDEX).scalar_one())
+    stored = []
+    for offset, entry in enumerate(rows):
+        leaf = {**entry, "id": start + offset}
+        leaf["leaf_hash"] = canonical.leaf_hash(leaf)
+        stored.append(leaf)
+    conn.execute(_entries.insert(), stored)
+
+
+_PENDING = "tearline_audit_pending"
 
 
 def record(session: Session, actor: Actor, *entries: Entry) -> None:
-    """Append entries to the caller's transaction: they commit or vanish with the action."""
-    insert_rows(session.connection(), [row(actor, e) for e in entries])
+    """Add entries to the caller's transaction: they commit or vanish with the action.
+
+    They are written when the session commits, after everything else (see `_append_pending`).
+    """
+    _pending(session).extend(row(actor, e) for e in entries)
+
+
+def _pending(session: Session) -> list[dict[str, object]]:
+    # The transaction is begun now, so that its rollback (which drops these) is one to be seen.
+    session.connection()
+    pending: list[dict[str, object]] = session.info.setdefault(_PENDING, [])
+    return pending
+
+
+@event.listens_for(Session, "before_commit")
+def _append_pending(session: Session) -> None:
+    rows: list[dict[str, object]] = session.info.pop(_PENDING, [])
+    if rows:
+        # The session's own changes first: once the log's lock is taken, nothing else may wait.
+        session.flush()
+        insert_rows(session.connection(), rows)
+
+
+@event.listens_for(Session, "after_soft_rollback")
+def _drop_pending(session: Session, _previous: object) -> None:
+    # Entries of a rolled-back transaction vanish with it (refusals are added again after).
+    session.info.pop(_PENDING, None)
 
 
 def record_refusal(session: Session, actor: Actor, entry: Entry) -> None:
@@ -83,7 +132,7 @@ def record_refusal(session: Session, actor: Actor, entry: Entry) -> None:
     stored = row(actor, entry)
 
     def add(s: Session) -> None:
-        insert_rows(s.connection(), [stored])
+        _pending(s).append(stored)
 
     session.info.setdefault("on_rollback", []).append(add)
     # Also in the current transaction, in case the caller answers without raising.

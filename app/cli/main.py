@@ -11,6 +11,7 @@ from sqlalchemy.exc import OperationalError, ProgrammingError
 
 from app import bootstrap
 from app.audit import service as audit
+from app.cli import audit as audit_cli
 from app.cli import clients, dev, keys, search, worker
 from app.cli.common import fail, refusals, session_scope, settings_or_exit
 from app.config import Settings
@@ -25,6 +26,7 @@ db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 members_app = typer.Typer(help="The roster.", no_args_is_help=True)
 policy_app = typer.Typer(help="The policy bundle.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
+app.add_typer(audit_cli.app, name="audit")
 app.add_typer(dev.app, name="dev")
 app.add_typer(clients.app, name="clients")
 app.add_typer(keys.app, name="keys")

@@ -158,7 +158,7 @@ class TestReadsThroughTheWriter:
         with transaction(fresh_world.state.sessionmaker) as session:
             reads = session.scalars(
                 select(AuditEntry.actor).where(
-                    AuditEntry.id > before,
+                    AuditEntry.id >= before,
                     AuditEntry.action == "report.read",
                     AuditEntry.target == f"report:{created['id']}",
                 )

@@ -6,10 +6,12 @@ from __future__ import annotations
 import re
 from typing import Any
 
+import pytest
 from sqlalchemy import select
 from standardwebhooks.webhooks import Webhook
 from typer.testing import CliRunner
 
+from app.audit import checkpoints, tree
 from app.cli.main import app as cli
 from app.config import get_settings
 from app.db import utcnow
@@ -62,6 +64,12 @@ def deliveries_of(world: World, subscription_id: str) -> list[Any]:
 
 
 class TestWorkerOnce:
+    @pytest.fixture(autouse=True)
+    def _checkpointed(self, fresh_world: World) -> None:
+        # The log's first checkpoint and its event are out already, so the worker's runs have
+        # none due and the tallies below count the webhook work alone (see TestWorkerAuditTree).
+        assert run(fresh_world, "worker", "--once")[0] == 0
+
     def test_it_delivers_what_is_due_prints_the_tally_and_exits_0(
         self, fresh_world: World, receiver: Receiver
     ) -> None:
@@ -157,3 +165,20 @@ class TestWorkerPriority:
         code, _ = run(fresh_world, "worker", "--once")
         assert code == 0
         assert lowered == []
+
+
+class TestWorkerAuditTree:
+    def test_it_issues_a_due_audit_checkpoint_and_fans_its_event_out(
+        self, fresh_world: World
+    ) -> None:
+        code, output = run(fresh_world, "worker", "--once")
+
+        assert code == 0, output
+        # The only event: the log's first checkpoint, for the chairs' subscriptions (none here).
+        assert tally(output) == (1, 0, 0, 0)
+        with fresh_world.state.engine.connect() as conn:
+            latest = checkpoints.latest(conn)
+            assert latest is not None
+            assert latest.tree_size > 0
+            assert tree.tree_size(conn) >= latest.tree_size
+
