@@ -16,6 +16,7 @@ import yaml
 from starlette.routing import Route
 
 from app.config import PROJECT_ROOT
+from tests.audit.conftest import maintain
 from tests.conftest import World, report_body
 
 CLASSIFICATION = {"UNCLASSIFIED": 0, "RESTRICTED": 1, "CONFIDENTIAL": 2, "SECRET": 3}
@@ -507,6 +508,36 @@ def _sync(world: World, ctx: dict[str, Any]) -> None:
     assert ctx["report_id"] not in feed("NZL")
 
 
+CHAIRS = tuple(code for code, member in ROSTER.items() if member.chair)
+NON_CHAIRS = ("DEU", "FRA", "EU", "FATF")
+
+
+def _audit(path: str, **params: Any) -> Check:
+    """Chairs only: no token 401; a chair's token without the audit scope 403; a non-chair can
+    neither obtain the scope (invalid_scope) nor use the route with its own token (403); each
+    chair 200."""
+
+    def check(world: World, ctx: dict[str, Any]) -> None:
+        if path.startswith("/v1/audit/checkpoints"):
+            maintain(world)  # at least one checkpoint, so that latest answers 200
+        anonymous = world.http.get(path, params=params)
+        assert anonymous.status_code == 401
+        assert anonymous.headers["www-authenticate"] == 'Bearer error="invalid_token"'
+        lacking = world.http.get(
+            path, params=params, headers=world.headers("ITA", scope="reports:read")
+        )
+        assert lacking.status_code == 403
+        for code in NON_CHAIRS:
+            assert world.request_token(code, scope="audit").status_code == 400
+            refused = world.http.get(path, params=params, headers=world.headers(code))
+            assert refused.status_code == 403, code
+        for code in CHAIRS:
+            allowed = world.http.get(path, params=params, headers=world.headers(code))
+            assert allowed.status_code == 200, (code, allowed.text)
+
+    return check
+
+
 ROUTES: dict[tuple[str, str], Check] = {
     ("GET", "/.well-known/oauth-authorization-server"): lambda w, c: _public(
         w, c, "GET", "/.well-known/oauth-authorization-server"
@@ -575,6 +606,16 @@ ROUTES: dict[tuple[str, str], Check] = {
         "POST", "/v1/webhooks/{webhook_id}/deliveries/{delivery_id}/retry", delivery=True
     ),
     ("GET", "/v1/sync"): _sync,
+    ("GET", "/v1/audit/entries"): _audit("/v1/audit/entries", limit=1),
+    ("GET", "/v1/audit/export"): _audit("/v1/audit/export", format="csv", actor="ITA"),
+    ("GET", "/v1/audit/checkpoints/latest"): _audit("/v1/audit/checkpoints/latest"),
+    ("GET", "/v1/audit/checkpoints"): _audit("/v1/audit/checkpoints"),
+    ("GET", "/v1/audit/proofs/inclusion"): _audit(
+        "/v1/audit/proofs/inclusion", index=0, tree_size=1
+    ),
+    ("GET", "/v1/audit/proofs/consistency"): _audit(
+        "/v1/audit/proofs/consistency", first=1, second=2
+    ),
 }
 
 

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import AsyncIterator, Callable
-from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from fastapi import APIRouter, Depends, Query
 from fastapi.responses import StreamingResponse
@@ -13,6 +12,7 @@ from sqlalchemy import Connection
 
 from app.audit import checkpoints, maintainer, queries, tree
 from app.audit import service as audit
+from app.audit.canonical import format_time
 from app.audit.checkpoints import b64
 from app.audit.queries import Filters
 from app.audit.schemas import (
@@ -26,12 +26,16 @@ from app.audit.schemas import (
 from app.auth.deps import Auditor
 from app.auth.service import Principal
 from app.errors import Forbidden, NotFound, ServiceUnavailable, Unprocessable, responses
+from app.kit.instants import UTCInstant
 from app.state import AppState
 from app.webhooks.delivery import chairs_of
 
+T = TypeVar("T")
+
 router = APIRouter(prefix="/v1/audit", tags=["audit"])
 
-_CURSOR = r"^[0-9]{1,19}$"
+# An index to continue after; 18 digits stay within a 64-bit integer.
+_CURSOR = r"^[0-9]{1,18}$"
 NDJSON = "application/x-ndjson"
 CSV = "text/csv; charset=utf-8"
 
@@ -44,17 +48,10 @@ def _filters(
         Query(pattern=r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"),
     ] = None,
     decision: Annotated[str | None, Query(pattern=r"^[a-z_]{1,16}$")] = None,
-    since: Annotated[datetime | None, Query(description="entries at or after this time")] = None,
-    until: Annotated[datetime | None, Query(description="entries before this time")] = None,
+    since: Annotated[UTCInstant | None, Query(description="entries at or after this time")] = None,
+    until: Annotated[UTCInstant | None, Query(description="entries before this time")] = None,
 ) -> Filters:
-    return Filters(actor, action, report_id, decision, _aware(since), _aware(until))
-
-
-def _aware(moment: datetime | None) -> datetime | None:
-    # A time without a zone is read as UTC, the zone every stored time is in.
-    if moment is not None and moment.tzinfo is None:
-        return moment.replace(tzinfo=UTC)
-    return moment
+    return Filters(actor, action, report_id, decision, since, until)
 
 
 FiltersDep = Annotated[Filters, Depends(_filters)]
@@ -183,20 +180,19 @@ async def latest_checkpoint(caller: Auditor) -> CheckpointOut:
 @router.get("/checkpoints", response_model=CheckpointPage, responses=responses(401, 403, 422, 429))
 async def list_checkpoints(
     caller: Auditor,
-    since: Annotated[datetime | None, Query(description="issued at or after this time")] = None,
+    since: Annotated[UTCInstant | None, Query(description="issued at or after this time")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     cursor: Annotated[str | None, Query(pattern=_CURSOR)] = None,
 ) -> CheckpointPage:
     """Signed checkpoints in tree-size order, to keep outside the service; chairs only."""
     state = caller.state
-    start = _aware(since)
 
     def work(conn: Connection, principal: Principal, trace: list[audit.Entry]) -> CheckpointPage:
         _chair(state, principal, trace, "audit.checkpoints")
         after = int(cursor) if cursor is not None else None
-        found = checkpoints.page(conn, start, after, limit + 1)
+        found = checkpoints.page(conn, since, after, limit + 1)
         shown = found[:limit]
-        reasons = [f"since:{since.isoformat()}"] if since is not None else []
+        reasons = [f"since:{format_time(since)}"] if since is not None else []
         trace.append(_entry("audit.checkpoints", "allow", *reasons, f"items:{len(shown)}"))
         more = len(found) > limit
         return CheckpointPage(
@@ -207,16 +203,36 @@ async def list_checkpoints(
     return await caller.read(work)
 
 
-async def _covered(state: AppState, size: int) -> None:
-    """Make sure the stored tree reaches `size` leaves (if the log does) before a proof."""
-    if await state.db.read(tree.tree_size) >= size:
-        return
-    if await state.db.read(tree.log_size) < size:
-        return  # refused as out of range below, on record
+async def _proof(
+    caller: Auditor,
+    asked: tuple[str, ...],
+    size: int,
+    bad: Callable[[int], str | None],
+    compute: Callable[[Connection], T],
+) -> T:
+    """Confirm a chair, check the sizes against the log and put the request on record; then make
+    sure the stored tree reaches `size` (integrating if the maintainer has not yet) and compute.
+
+    Nothing is integrated for a caller that is refused.
+    """
+    state = caller.state
+    action = "audit.proof"
+
+    def check(conn: Connection, principal: Principal, trace: list[audit.Entry]) -> None:
+        _chair(state, principal, trace, action)
+        held = tree.log_size(conn)
+        name = bad(held)
+        if name is not None:
+            trace.append(_entry(action, "deny", *asked, "out_of_range"))
+            raise _invalid(name, f"the sizes must be within the log ({held} entries)")
+        trace.append(_entry(action, "allow", *asked))
+
+    await caller.read(check)
     try:
         await maintainer.cover(state, size)
     except TimeoutError:
         raise ServiceUnavailable("The audit tree is busy; try again shortly.") from None
+    return await state.db.read(compute)
 
 
 @router.get(
@@ -228,25 +244,20 @@ async def inclusion_proof(
     tree_size: Annotated[int, Query(ge=1, le=2**62)],
 ) -> InclusionProof:
     """The RFC 9162 inclusion proof of entry `index` in the tree of `tree_size` entries."""
-    state = caller.state
-    await _covered(state, tree_size)
 
-    def work(conn: Connection, principal: Principal, trace: list[audit.Entry]) -> InclusionProof:
-        action = "audit.proof"
-        _chair(state, principal, trace, action)
-        asked = ("inclusion", f"index:{index}", f"tree_size:{tree_size}")
-        size = tree.log_size(conn)
-        if tree_size > size or index >= tree_size:
-            trace.append(_entry(action, "deny", *asked, "out_of_range"))
-            name = "tree_size" if tree_size > size else "index"
-            raise _invalid(name, f"index must be below tree_size, tree_size at most {size}")
+    def bad(held: int) -> str | None:
+        if tree_size > held:
+            return "tree_size"
+        return "index" if index >= tree_size else None
+
+    def compute(conn: Connection) -> InclusionProof:
         leaf, path = tree.inclusion(conn, index, tree_size)
-        trace.append(_entry(action, "allow", *asked))
         return InclusionProof(
             index=index, tree_size=tree_size, leaf_hash=b64(leaf), path=[b64(h) for h in path]
         )
 
-    return await caller.read(work)
+    asked = ("inclusion", f"index:{index}", f"tree_size:{tree_size}")
+    return await _proof(caller, asked, tree_size, bad, compute)
 
 
 @router.get(
@@ -258,20 +269,15 @@ async def consistency_proof(
     second: Annotated[int, Query(ge=1, le=2**62)],
 ) -> ConsistencyProof:
     """The RFC 9162 consistency proof from the tree of `first` entries to that of `second`."""
-    state = caller.state
-    await _covered(state, second)
 
-    def work(conn: Connection, principal: Principal, trace: list[audit.Entry]) -> ConsistencyProof:
-        action = "audit.proof"
-        _chair(state, principal, trace, action)
-        asked = ("consistency", f"first:{first}", f"second:{second}")
-        size = tree.log_size(conn)
-        if second > size or first > second:
-            trace.append(_entry(action, "deny", *asked, "out_of_range"))
-            name = "second" if second > size else "first"
-            raise _invalid(name, f"first must be at most second, second at most {size}")
+    def bad(held: int) -> str | None:
+        if second > held:
+            return "second"
+        return "first" if first > second else None
+
+    def compute(conn: Connection) -> ConsistencyProof:
         path = tree.consistency(conn, first, second)
-        trace.append(_entry(action, "allow", *asked))
         return ConsistencyProof(first=first, second=second, path=[b64(h) for h in path])
 
-    return await caller.read(work)
+    asked = ("consistency", f"first:{first}", f"second:{second}")
+    return await _proof(caller, asked, second, bad, compute)

@@ -90,17 +90,23 @@ def page(
 # -- export formats ----------------------------------------------------------------------
 
 CSV_COLUMNS = (*canonical.FIELDS, "leaf_hash")
+# Columns whose text callers can influence (a chosen id, a purpose, a request id, ...); the
+# others (index, time, decision, hashes) are the service's own and are written as they are.
+_FREE_TEXT = frozenset({"actor", "client", "action", "target", "reasons", "purpose", "request_id"})
 # A spreadsheet runs a cell that starts with one of these as a formula (CSV injection).
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 
-def _cell(value: Any) -> str:
+def _cell(column: str, value: Any) -> str:
     if value is None:
         return ""
     if isinstance(value, list):
-        return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
-    text = str(value)
-    return "'" + text if text.startswith(_FORMULA_START) else text
+        text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    else:
+        text = str(value)
+    if column in _FREE_TEXT and text.startswith(_FORMULA_START):
+        return "'" + text
+    return text
 
 
 def ndjson_lines(entries: Sequence[dict[str, Any]]) -> str:
@@ -114,7 +120,7 @@ def csv_header() -> str:
 
 def csv_lines(entries: Sequence[dict[str, Any]]) -> str:
     """Entries as CSV rows, for spreadsheets (NDJSON is the form leaf hashes are computed over)."""
-    return _csv_rows([[_cell(e[c]) for c in CSV_COLUMNS] for e in entries])
+    return _csv_rows([[_cell(c, e[c]) for c in CSV_COLUMNS] for e in entries])
 
 
 def _csv_rows(rows: list[list[str]]) -> str:

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Response, status
-from pydantic import AwareDatetime
 from sqlalchemy import Connection
 from sqlalchemy.orm import Session
 
@@ -13,6 +12,7 @@ from app.audit import service as audit
 from app.auth.deps import ReportsRead, ReportsWrite
 from app.auth.service import Principal
 from app.errors import responses
+from app.kit.instants import UTCInstant
 from app.reports import lifecycle, service
 from app.reports.schemas import (
     AccessLogPage,
@@ -103,7 +103,7 @@ async def list_reports(
     report_status: Annotated[
         str | None, Query(alias="status", pattern="^(active|revoked|purged)$")
     ] = None,
-    updated_since: AwareDatetime | None = None,
+    updated_since: UTCInstant | None = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 50,
     cursor: Annotated[str | None, Query(max_length=512)] = None,
 ) -> ReportPage:
