@@ -141,8 +141,11 @@ def run_wrk(
     duration: float,
     auth: str | None = None,
     body_file: Path | None = None,
+    script: Path = WRK_SCRIPT,
+    env: dict[str, str] | None = None,
 ) -> Measurement:
-    """One wrk run of `duration` seconds with the bench's Lua script."""
+    """One wrk run of `duration` seconds with the bench's Lua script (or another `script` that
+    prints the same BENCH_JSON line, with `env` added to its environment)."""
     cmd = [
         wrk,
         "-t",
@@ -155,10 +158,10 @@ def run_wrk(
         f"{max(1, round(settings.timeout))}s",
         "--latency",
         "-s",
-        str(WRK_SCRIPT),
+        str(script),
         url,
     ]
-    proc = procs.start(cmd, env=_bench_env(mode, auth, body_file), capture=True)
+    proc = procs.start(cmd, env={**_bench_env(mode, auth, body_file), **(env or {})}, capture=True)
     try:
         out, err = proc.communicate(timeout=duration + settings.timeout + 30)
     except subprocess.TimeoutExpired as exc:

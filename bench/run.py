@@ -111,8 +111,14 @@ def free_port() -> int:
         return port
 
 
-def tearline_env(data_dir: Path, port: int, database_url: str | None) -> dict[str, str]:
-    """The environment of every `tearline` command of one backend: nothing inherited."""
+def tearline_env(
+    data_dir: Path,
+    port: int,
+    database_url: str | None,
+    extra: dict[str, str] | None = None,
+) -> dict[str, str]:
+    """The environment of every `tearline` command of one backend: nothing inherited, except
+    the `extra` settings asked for (`--env`)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("TEARLINE_")}
     env["TEARLINE_ENV"] = "development"
     env["TEARLINE_DATA_DIR"] = str(data_dir)
@@ -120,7 +126,28 @@ def tearline_env(data_dir: Path, port: int, database_url: str | None) -> dict[st
     env["TEARLINE_POLICY_DIR"] = str(SOURCE[0] / "policies")
     if database_url:
         env["TEARLINE_DATABASE_URL"] = database_url
+    env.update(extra or {})
     return env
+
+
+# Set by the harness for each backend; `--env` may not change them.
+HARNESS_SETTINGS = frozenset(
+    {"TEARLINE_ENV", "TEARLINE_DATA_DIR", "TEARLINE_ISSUER", "TEARLINE_DATABASE_URL"}
+)
+
+
+def parse_env_settings(items: list[str]) -> dict[str, str]:
+    """`KEY=VALUE` items as a mapping; ValueError for anything but a TEARLINE_* setting that the
+    harness does not set itself."""
+    settings: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.startswith("TEARLINE_") or not key[9:]:
+            raise ValueError(f"{item!r} is not TEARLINE_<NAME>=<value>")
+        if key in HARNESS_SETTINGS:
+            raise ValueError(f"{key} is set by the harness")
+        settings[key] = value
+    return settings
 
 
 TEARLINE = [str(BIN / "tearline")]
@@ -167,10 +194,16 @@ def export_ref(ref: str, cleanup: Cleanup) -> dict[str, Any]:
 
 
 def tearline_cmd(
-    procs: Processes, args: list[str], env: dict[str, str], cwd: Path, timeout: float = 180
+    procs: Processes,
+    args: list[str],
+    env: dict[str, str],
+    cwd: Path,
+    timeout: float = 180,
+    command: list[str] | None = None,
 ) -> str:
-    """Run a `tearline` command to completion (bounded in time); its stdout."""
-    proc = procs.start([*TEARLINE, *args], env=env, cwd=cwd, capture=True)
+    """Run a `tearline` command to completion (bounded in time); its stdout. `command` runs
+    another CLI build than TEARLINE (e.g. an export of another commit)."""
+    proc = procs.start([*(command or TEARLINE), *args], env=env, cwd=cwd, capture=True)
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired as exc:
@@ -453,7 +486,7 @@ class Runner:
             self.cleanup.databases.append((args.pg_url, database_name))
             database_url = app_database_url(args.pg_url, database_name)
             print(f"  scratch database {database_name}")
-        env = tearline_env(data_dir, app_port, database_url)
+        env = tearline_env(data_dir, app_port, database_url, getattr(args, "env_settings", None))
         print("  tearline dev init ...", flush=True)
         tearline_cmd(self.cleanup.procs, ["dev", "init"], env, tmp)
 
@@ -711,6 +744,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
     p.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a TEARLINE_* setting for every `tearline` command and serve (repeatable),\n"
+        "e.g. --env TEARLINE_AUDIT_TREE_IN_SERVE=false",
+    )
+    p.add_argument(
         "--profile",
         action="store_true",
         help="sample `tearline serve` with py-spy during the GET and POST runs\n"
@@ -724,6 +765,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if not 1 <= args.duration <= 600 or not 0 <= args.warmup <= 60:
         p.error("--duration must be 1..600 s and --warmup 0..60 s")
     TEARLINE[:] = shlex.split(args.tearline)
+    try:
+        args.env_settings = parse_env_settings(args.env)
+    except ValueError as exc:
+        p.error(f"--env: {exc}")
     args.started = datetime.now(UTC)
     args.stamp = args.started.strftime("%Y%m%dT%H%M%SZ")
     args.py_spy = None
@@ -777,6 +822,8 @@ def run_backends(
         f"warm-up, {args.repeat} round(s); machine: {os.cpu_count()} cores",
         flush=True,
     )
+    if args.env_settings:
+        print(f"settings for tearline: {args.env_settings}")
     tree = export_ref(args.ref, cleanup) if args.ref else git_info()
     args.tree = tree
     print(
@@ -833,6 +880,7 @@ def write_results(
             "member": args.member,
             "reader": args.reader,
             "post_body_bytes": args.body_bytes,
+            "env": args.env_settings,
         },
         "targets": TARGETS,
         **extra,

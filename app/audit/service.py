@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import cast
 
 from sqlalchemy import Connection, Table, event, func, select, text
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, SessionTransaction
 
 from app.audit import canonical
 from app.audit.models import AuditEntry
@@ -105,16 +105,47 @@ def record(session: Session, actor: Actor, *entries: Entry) -> None:
     _pending(session).extend(row(actor, e) for e in entries)
 
 
-def _pending(session: Session) -> list[dict[str, object]]:
-    # The transaction is begun now, so that its rollback (which drops these) is one to be seen.
-    session.connection()
-    pending: list[dict[str, object]] = session.info.setdefault(_PENDING, [])
+class _Pending(list[dict[str, object]]):
+    """Rows waiting for the commit, recorded under the session's innermost transaction."""
+
+    def __init__(self, session: Session) -> None:
+        super().__init__()
+        self._session = session
+        self.under: list[SessionTransaction | None] = []
+
+    def extend(self, rows: Iterable[dict[str, object]]) -> None:
+        for r in rows:
+            self.append(r)
+
+    def append(self, row: dict[str, object]) -> None:
+        # The transaction is begun now, so that its rollback (which drops these) is one to see.
+        self._session.connection()
+        super().append(row)
+        self.under.append(self._session.get_nested_transaction() or self._session.get_transaction())
+
+    def drop_under(self, ended: SessionTransaction) -> None:
+        """Forget the rows recorded under `ended` or a savepoint inside it."""
+        kept = [(row, t) for row, t in zip(self, self.under, strict=True) if not _inside(t, ended)]
+        self[:] = [row for row, _ in kept]
+        self.under = [t for _, t in kept]
+
+
+def _inside(transaction: SessionTransaction | None, ended: SessionTransaction) -> bool:
+    while transaction is not None:
+        if transaction is ended:
+            return True
+        transaction = transaction.parent
+    return False
+
+
+def _pending(session: Session) -> _Pending:
+    pending: _Pending = session.info.setdefault(_PENDING, _Pending(session))
     return pending
 
 
 @event.listens_for(Session, "before_commit")
 def _append_pending(session: Session) -> None:
-    rows: list[dict[str, object]] = session.info.pop(_PENDING, [])
+    rows: list[dict[str, object]] = list(session.info.pop(_PENDING, ()))
     if rows:
         # The session's own changes first: once the log's lock is taken, nothing else may wait.
         session.flush()
@@ -122,9 +153,12 @@ def _append_pending(session: Session) -> None:
 
 
 @event.listens_for(Session, "after_soft_rollback")
-def _drop_pending(session: Session, _previous: object) -> None:
-    # Entries of a rolled-back transaction vanish with it (refusals are added again after).
-    session.info.pop(_PENDING, None)
+def _drop_pending(session: Session, ended: SessionTransaction) -> None:
+    # Entries recorded in a rolled-back transaction or savepoint vanish with it (refusals are
+    # added again after the rollback of the whole transaction).
+    pending: _Pending | None = session.info.get(_PENDING)
+    if pending is not None:
+        pending.drop_under(ended)
 
 
 def record_refusal(session: Session, actor: Actor, entry: Entry) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import cast
 
-from sqlalchemy import Connection, Table, select, text, tuple_, update
+from sqlalchemy import Connection, Table, and_, or_, select, text, update
 
 from app.audit.models import AuditEntry, AuditNode, AuditTree
 from app.kit import merkle
@@ -53,16 +53,34 @@ def load_nodes(conn: Connection, ids: Iterable[NodeId]) -> dict[NodeId, bytes]:
         )
         found.update({(0, int(i)): bytes(h) for i, h in hashed})
     if inner:
-        stored = conn.execute(
-            select(_nodes.c.level, _nodes.c.idx, _nodes.c.hash).where(
-                tuple_(_nodes.c.level, _nodes.c.idx).in_(inner)
-            )
-        )
-        found.update({(int(level), int(i)): bytes(h) for level, i, h in stored})
+        found.update(_stored_nodes(conn, inner))
     missing = wanted - found.keys()
     if missing:
         raise TreeError(f"the stored tree lacks {len(missing)} node(s), e.g. {min(missing)}")
     return found
+
+
+def _stored_nodes(conn: Connection, ids: list[NodeId]) -> dict[NodeId, bytes]:
+    # One `level = l AND idx IN (...)` per level, OR-ed: both databases look each up in the
+    # primary key (a row-value IN list makes SQLite scan the whole table).
+    by_level: dict[int, list[int]] = {}
+    for level, i in ids:
+        by_level.setdefault(level, []).append(i)
+    wanted = or_(
+        *(and_(_nodes.c.level == level, _nodes.c.idx.in_(idxs)) for level, idxs in by_level.items())
+    )
+    rows = conn.execute(select(_nodes.c.level, _nodes.c.idx, _nodes.c.hash).where(wanted))
+    return {(int(level), int(i)): bytes(h) for level, i, h in rows}
+
+
+def stored_range(conn: Connection, level: int, first: int, last: int) -> dict[NodeId, bytes]:
+    """The stored nodes of one level with index in [first, last] (a range scan of the key)."""
+    rows = conn.execute(
+        select(_nodes.c.idx, _nodes.c.hash).where(
+            _nodes.c.level == level, _nodes.c.idx >= first, _nodes.c.idx <= last
+        )
+    )
+    return {(level, int(i)): bytes(h) for i, h in rows}
 
 
 def root(conn: Connection, size: int) -> bytes:

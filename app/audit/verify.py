@@ -22,17 +22,16 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-from sqlalchemy import Connection, Table, select, tuple_
+from sqlalchemy import Connection, Table, select
 
 from app.audit import canonical, checkpoints, tree
 from app.audit.checkpoints import CheckpointError, SignedCheckpoint
-from app.audit.models import AuditEntry, AuditNode, Checkpoint
+from app.audit.models import AuditEntry, Checkpoint
 from app.kit import merkle
 from app.kit.jwt import KeyResolver
 from app.kit.merkle import NodeId
 
 _entries = cast(Table, AuditEntry.__table__)
-_nodes = cast(Table, AuditNode.__table__)
 _checkpoints = cast(Table, Checkpoint.__table__)
 
 CHUNK = 5000
@@ -178,12 +177,13 @@ class _NodeCheck:
         if not self._pending:
             return
         wanted, self._pending = self._pending, {}
-        rows = self._conn.execute(
-            select(_nodes.c.level, _nodes.c.idx, _nodes.c.hash).where(
-                tuple_(_nodes.c.level, _nodes.c.idx).in_(list(wanted))
-            )
-        )
-        stored = {(int(level), int(i)): bytes(h) for level, i, h in rows}
+        # The nodes completed by a run of leaves are runs of indexes per level: range scans.
+        by_level: dict[int, list[int]] = {}
+        for level, i in wanted:
+            by_level.setdefault(level, []).append(i)
+        stored: dict[NodeId, bytes] = {}
+        for level, idxs in by_level.items():
+            stored.update(tree.stored_range(self._conn, level, min(idxs), max(idxs)))
         self._report.nodes += len(wanted)
         for node, digest in sorted(wanted.items()):
             if stored.get(node) != digest:
@@ -197,6 +197,30 @@ class _NodeCheck:
                         + f"; proofs over entries {first}..{last} would fail",
                     )
                 )
+
+
+def _check_roots(
+    frontier: merkle.Frontier, due: Sequence[_Target], last_good: int, report: Report
+) -> int:
+    """Compare the checkpoints of the tree's current size with its root; the new last good size.
+
+    A mismatch lies after the last smaller checkpoint that still holds.
+    """
+    matched = False
+    for target in due:
+        if frontier.root() == target.root:
+            matched = True
+            continue
+        report.add(
+            Finding(
+                "root_mismatch",
+                f"the entries no longer give the root of this {target.origin} "
+                f"checkpoint: entries {last_good}..{target.size - 1} were changed, "
+                "inserted, removed or reordered after it was signed",
+                checkpoint=target.size,
+            )
+        )
+    return frontier.size if matched else last_good
 
 
 def verify(
@@ -254,19 +278,7 @@ def verify(
                     Finding("edited", "its content no longer gives its leaf hash", entry=index)
                 )
             nodes.add(frontier.append(leaf))
-            for target in targets.get(frontier.size, ()):
-                if frontier.root() == target.root:
-                    last_good = max(last_good, target.size)
-                    continue
-                report.add(
-                    Finding(
-                        "root_mismatch",
-                        f"the entries no longer give the root of this {target.origin} "
-                        f"checkpoint: entries {last_good}..{target.size - 1} were changed, "
-                        "inserted, removed or reordered after it was signed",
-                        checkpoint=target.size,
-                    )
-                )
+            last_good = _check_roots(frontier, targets.get(frontier.size, ()), last_good, report)
         after = int(rows[-1].id)
         report.entries = frontier.size
         if progress is not None:
