@@ -181,4 +181,3 @@ class TestWorkerAuditTree:
             assert latest is not None
             assert latest.tree_size > 0
             assert tree.tree_size(conn) >= latest.tree_size
-
