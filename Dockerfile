@@ -25,8 +25,9 @@ ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
 COPY pyproject.toml ./
 COPY app/ app/
-# Non-editable and without the dev extras: no test or lint tools in the image.
-RUN pip install --upgrade pip && pip install .
+# Non-editable and without the dev extras: no test or lint tools in the image. The base image's
+# pip is used as it is (its version comes with the pinned base image).
+RUN pip install .
 
 # --- runtime ---------------------------------------------------------------------------------
 FROM ${PYTHON_IMAGE} AS runtime
@@ -59,7 +60,9 @@ ENV PATH=/opt/venv/bin:$PATH \
     TEARLINE_ENV=production \
     TEARLINE_DATA_DIR=/var/lib/tearline
 
-USER tearline:tearline
+# Numeric, so that a runtime that checks for a non-root user (Kubernetes' runAsNonRoot) can
+# tell without the image's /etc/passwd; 10001 is the `tearline` user made above.
+USER 10001:10001
 
 EXPOSE 8000
 

@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PIP_QUIET := --quiet --disable-pip-version-check
 
-.PHONY: run test lint typecheck pytest pytest-postgres bench clean
+.PHONY: run test lint static typecheck pytest pytest-postgres bench clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,6 +21,12 @@ run: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check app tests bench migrations
 
+# Static security checks: bandit at medium severity and up (every exclusion is a `# nosec BXXX`
+# beside its justification), and hadolint on the Dockerfile (linted, never built here).
+static: $(STAMP)
+	$(BIN)/bandit -q -r app migrations -ll
+	$(BIN)/hadolint Dockerfile
+
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
@@ -35,7 +41,7 @@ pytest-postgres: $(STAMP)
 		echo "== PostgreSQL run skipped: TEARLINE_TEST_DATABASE_URL is not set"; \
 	fi
 
-test: lint typecheck pytest pytest-postgres
+test: lint static typecheck pytest pytest-postgres
 
 bench: $(STAMP)
 	$(BIN)/python bench/run.py
