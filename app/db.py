@@ -110,6 +110,7 @@ def _sqlite_engine(url: str) -> Engine:
         connect_args={"check_same_thread": False, "isolation_level": None},
         pool_size=8,
         max_overflow=8,
+        hide_parameters=True,
     )
 
 
@@ -124,8 +125,10 @@ def make_engine(url: str) -> Engine:
         event.listen(engine, "rollback", turn.end)
         return engine
     if url.startswith("postgresql"):
-        return create_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True)
-    return create_engine(url, poolclass=NullPool)
+        return create_engine(
+            url, pool_size=10, max_overflow=10, pool_pre_ping=True, hide_parameters=True
+        )
+    return create_engine(url, poolclass=NullPool, hide_parameters=True)
 
 
 def _sqlite_read_only(dbapi_connection: Any, _record: Any) -> None:
@@ -154,8 +157,9 @@ def make_read_engine(url: str) -> Engine:
             max_overflow=10,
             isolation_level="AUTOCOMMIT",
             connect_args={"options": "-c default_transaction_read_only=on"},
+            hide_parameters=True,
         )
-    return create_engine(url, poolclass=NullPool)
+    return create_engine(url, poolclass=NullPool, hide_parameters=True)
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:

@@ -9,7 +9,7 @@ import typer
 import uvicorn
 from sqlalchemy.exc import OperationalError, ProgrammingError
 
-from app import bootstrap
+from app import bootstrap, logs
 from app.audit import service as audit
 from app.cli import audit as audit_cli
 from app.cli import clients, dev, keys, search, worker
@@ -49,10 +49,13 @@ def serve(
     )
     with refusals():
         application = create_app(settings)
+    logs.configure(settings.log_level)
     uvicorn.run(
         application,
         host=settings.host,
         port=settings.port,
+        # Our JSON lines (app/logs.py), not uvicorn's own handlers.
+        log_config=None,
         log_level=settings.log_level.lower(),
         proxy_headers=False,
         server_header=False,

@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from app import bootstrap
+from app import bootstrap, logs
 from app.audit.maintainer import Maintainer
 from app.cli.common import refusals, settings_or_exit
 from app.webhooks.dispatcher import Dispatcher
@@ -48,7 +48,7 @@ def worker(
     """Dispatch webhooks (fan events out, send deliveries) and keep the audit tree and its
     checkpoints up to date, until stopped."""
     settings = settings_or_exit()
-    logging.basicConfig(level=settings.log_level.upper())
+    logs.configure(settings.log_level)
     with refusals():
         state = bootstrap.build_state(settings)
     if settings.webhook_worker_nice:
