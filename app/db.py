@@ -125,8 +125,16 @@ def make_engine(url: str) -> Engine:
         event.listen(engine, "rollback", turn.end)
         return engine
     if url.startswith("postgresql"):
+        # READ COMMITTED, whatever the server's default: the audit log's next index is read
+        # after its lock is granted and must see the previous appender's commit (a snapshot
+        # taken earlier, as under REPEATABLE READ, would not).
         return create_engine(
-            url, pool_size=10, max_overflow=10, pool_pre_ping=True, hide_parameters=True
+            url,
+            pool_size=10,
+            max_overflow=10,
+            pool_pre_ping=True,
+            hide_parameters=True,
+            isolation_level="READ COMMITTED",
         )
     return create_engine(url, poolclass=NullPool, hide_parameters=True)
 

@@ -11,7 +11,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from sqlalchemy import text
 
 from app import bootstrap
@@ -22,7 +22,8 @@ from app.auth.endpoints import router as auth_router
 from app.config import Settings, get_settings
 from app.errors import ServiceUnavailable, install_handlers, problem_response, responses
 from app.members.endpoints import router as members_router
-from app.middleware import BodyLimitMiddleware, RequestIdMiddleware
+from app.metrics import CONTENT_TYPE, exposition
+from app.middleware import BodyLimitMiddleware, MetricsMiddleware, RequestIdMiddleware
 from app.policy.endpoints import router as policy_router
 from app.reports.endpoints import router as reports_router
 from app.search.endpoints import router as search_router
@@ -89,6 +90,8 @@ def create_app(settings: Settings | None = None, *, state: AppState | None = Non
     app.state.tearline = state
     install_handlers(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    # Outside the body limit, so that its 413s are counted too.
+    app.add_middleware(MetricsMiddleware, metrics=state.metrics)
     app.add_middleware(RequestIdMiddleware)
 
     @app.get("/healthz", tags=["service"])
@@ -106,6 +109,24 @@ def create_app(settings: Settings | None = None, *, state: AppState | None = Non
             err = ServiceUnavailable("The database is not reachable.")
             return problem_response(err.status, err.body())
         return JSONResponse({"status": "ready"})
+
+    @app.get(
+        "/metrics",
+        tags=["service"],
+        response_class=Response,
+        responses={
+            200: {
+                "description": "Every metric in the Prometheus text format.",
+                "content": {CONTENT_TYPE: {"schema": {"type": "string"}}},
+            }
+        },
+    )
+    async def metrics() -> Response:
+        """Requests by route and status, latencies, stored decisions by level, the webhook
+        backlog and delivery outcomes, the audit log and tree sizes, in the Prometheus text
+        format. Public like /healthz: labels carry no ids, codes or content; restrict the
+        route at the network. Without the database, its gauges are left out."""
+        return Response(await exposition(state.metrics, state.db), media_type=CONTENT_TYPE)
 
     app.include_router(auth_router)
     app.include_router(reports_router)

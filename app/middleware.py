@@ -1,14 +1,17 @@
-"""Pure ASGI middleware: request ids and the request body limit."""
+"""Pure ASGI middleware: request ids, the request body limit and request metrics."""
 
 from __future__ import annotations
 
 import re
+import time
 import uuid
 from contextvars import ContextVar
 
+from starlette.routing import Match, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.errors import PayloadTooLarge, problem_response
+from app.metrics import UNMATCHED, Metrics
 
 request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
 
@@ -105,3 +108,63 @@ class BodyLimitMiddleware:
         err = PayloadTooLarge(f"The request body exceeds {self.max_bytes} bytes.")
         response = problem_response(err.status, err.body(), {"Connection": "close"})
         await response(scope, receive, send)
+
+
+def _route_template(scope: Scope) -> str:
+    """The path template of the route that answered (`/v1/reports/{report_id}`), never the path.
+
+    API routes leave themselves in the scope. Plain routes (the documentation pages) do not, so
+    they are matched here. A request no route matched, or refused before routing (a declared
+    body over the limit), is counted under a fixed label: its path is the caller's to choose.
+    """
+    route = scope.get("route")
+    if route is None:
+        # As the router chooses: the first full match, else the first partial one (a 405).
+        for candidate in getattr(scope.get("router"), "routes", ()):
+            if not isinstance(candidate, Route):
+                continue
+            match, _ = candidate.matches(scope)
+            if match is Match.FULL:
+                route = candidate
+                break
+            if match is Match.PARTIAL and route is None:
+                route = candidate
+    path = getattr(route, "path", None)
+    return path if isinstance(path, str) else UNMATCHED
+
+
+class MetricsMiddleware:
+    """Counts every HTTP request by route template, method and status, and times it."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 0
+
+        async def send_and_note(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_note)
+        except Exception:
+            # Unhandled: the server error middleware outside answers 500 once this re-raises.
+            status = status or 500
+            raise
+        finally:
+            # A request cancelled before any answer (the client went away) is not counted.
+            if status:
+                self.metrics.observe_request(
+                    _route_template(scope),
+                    scope["method"],
+                    status,
+                    time.perf_counter() - started,
+                )

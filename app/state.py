@@ -15,6 +15,7 @@ from app.keys.provider import KeyProvider
 from app.keys.service import Envelope
 from app.kit.jwt import SigningKey, VerificationKey
 from app.kit.ratelimit import RateLimiter
+from app.metrics import Metrics
 from app.policy.reload import Redecider, Reloader
 from app.policy.service import PolicyState
 from app.search.index import BlindIndex
@@ -35,6 +36,7 @@ class AppState:
     signing_keys: list[SigningKey] = field(default_factory=list)
     verification_keys: dict[str, VerificationKey] = field(default_factory=dict)
     verified_tokens: VerifiedTokens = field(default_factory=VerifiedTokens)
+    metrics: Metrics = field(default_factory=Metrics)
 
     @property
     def engine(self) -> Engine:

@@ -28,6 +28,9 @@ def run_migrations_online() -> None:
     connection = config.attributes.get("connection")
     if connection is not None:
         context.configure(
+            # Batch mode rebuilds a SQLite table to alter it, which drops its triggers: a migration
+            # that alters audit_entries, audit_nodes or audit_checkpoints must create their
+            # append-only triggers again (see 0008: _append_only).
             connection=connection, target_metadata=target_metadata, render_as_batch=True
         )
         with context.begin_transaction():

@@ -545,6 +545,7 @@ ROUTES: dict[tuple[str, str], Check] = {
     ("GET", "/.well-known/jwks.json"): lambda w, c: _public(w, c, "GET", "/.well-known/jwks.json"),
     ("GET", "/healthz"): lambda w, c: _public(w, c, "GET", "/healthz"),
     ("GET", "/readyz"): lambda w, c: _public(w, c, "GET", "/readyz"),
+    ("GET", "/metrics"): lambda w, c: _public(w, c, "GET", "/metrics"),
     ("GET", "/openapi.json"): lambda w, c: _public(w, c, "GET", "/openapi.json"),
     ("GET", "/docs"): lambda w, c: _public(w, c, "GET", "/docs"),
     ("GET", "/docs/oauth2-redirect"): lambda w, c: _public(w, c, "GET", "/docs/oauth2-redirect"),

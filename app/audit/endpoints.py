@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -33,6 +34,7 @@ from app.webhooks.delivery import chairs_of
 T = TypeVar("T")
 
 router = APIRouter(prefix="/v1/audit", tags=["audit"])
+log = logging.getLogger("tearline.audit")
 
 # An index to continue after; 18 digits stay within a 64-bit integer.
 _CURSOR = r"^[0-9]{1,18}$"
@@ -101,7 +103,7 @@ _EXPORT_RESPONSES: dict[int | str, dict[str, Any]] = {
         "`/v1/audit/entries` shows it) or CSV.",
         "content": {
             NDJSON: {"schema": {"type": "string"}},
-            "text/csv": {"schema": {"type": "string"}},
+            CSV: {"schema": {"type": "string"}},
         },
     },
     **responses(401, 403, 422, 429),
@@ -234,13 +236,18 @@ async def _proof(
         return done
     try:
         await maintainer.cover(state, size)
+        return await state.db.read(compute)
     except TimeoutError:
         raise ServiceUnavailable("The audit tree is busy; try again shortly.") from None
-    return await state.db.read(compute)
+    except (ValueError, tree.TreeError):
+        # The log or its stored tree no longer holds what was there a moment ago: a case for
+        # `tearline audit verify`, never a proof made up from what is left.
+        log.error("audit proof refused: the stored tree cannot answer", exc_info=True)
+        raise ServiceUnavailable("The audit tree cannot answer; the operator is told.") from None
 
 
 @router.get(
-    "/proofs/inclusion", response_model=InclusionProof, responses=responses(401, 403, 422, 429)
+    "/proofs/inclusion", response_model=InclusionProof, responses=responses(401, 403, 422, 429, 503)
 )
 async def inclusion_proof(
     caller: Auditor,
@@ -265,7 +272,9 @@ async def inclusion_proof(
 
 
 @router.get(
-    "/proofs/consistency", response_model=ConsistencyProof, responses=responses(401, 403, 422, 429)
+    "/proofs/consistency",
+    response_model=ConsistencyProof,
+    responses=responses(401, 403, 422, 429, 503),
 )
 async def consistency_proof(
     caller: Auditor,

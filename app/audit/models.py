@@ -8,7 +8,16 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import JSON, BigInteger, Index, Integer, LargeBinary, SmallInteger, String
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    CheckConstraint,
+    Index,
+    Integer,
+    LargeBinary,
+    SmallInteger,
+    String,
+)
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.db import Base, UTCDateTime, utcnow
@@ -20,7 +29,8 @@ class AuditEntry(Base):
     __tablename__ = "audit_entries"
 
     # The entry's leaf index: 0, 1, 2, ... in commit order, without gaps, given at commit under
-    # the log's lock (app.audit.log), never by a database sequence (which leaves gaps).
+    # the log's lock (app.audit.service.insert_rows), never by a database sequence (which leaves
+    # gaps). The database refuses a negative one (it would sort before the tree's first leaf).
     id: Mapped[int] = mapped_column(_BIGINT, primary_key=True, autoincrement=False)
     time: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     actor: Mapped[str | None] = mapped_column(String(16))
@@ -37,6 +47,7 @@ class AuditEntry(Base):
     leaf_hash: Mapped[bytes] = mapped_column(LargeBinary(32))
 
     __table_args__ = (
+        CheckConstraint("id >= 0", name="leaf_index"),
         Index("ix_audit_entries_target", "target", "id"),
         Index("ix_audit_entries_actor", "actor", "id"),
         Index("ix_audit_entries_time", "time"),

@@ -145,6 +145,8 @@ def _pending(session: Session) -> _Pending:
 
 @event.listens_for(Session, "before_commit")
 def _append_pending(session: Session) -> None:
+    if session.in_nested_transaction():
+        return  # a savepoint released: the rows wait for the real commit
     rows: list[dict[str, object]] = list(session.info.pop(_PENDING, ()))
     if rows:
         # The session's own changes first: once the log's lock is taken, nothing else may wait.

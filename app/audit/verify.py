@@ -199,6 +199,17 @@ class _NodeCheck:
                 )
 
 
+def _check_negative(conn: Connection, report: Report) -> None:
+    """Entries below index 0, where the tree has no place for them."""
+    below = conn.execute(
+        select(_entries.c.id).where(_entries.c.id < 0).order_by(_entries.c.id).limit(MAX_LISTED)
+    ).scalars()
+    for index in below:
+        report.add(
+            Finding("unexpected", "an entry at a negative index (inserted)", entry=int(index))
+        )
+
+
 def _check_roots(
     frontier: merkle.Frontier, due: Sequence[_Target], last_good: int, report: Report
 ) -> int:
@@ -245,7 +256,9 @@ def verify(
         targets.setdefault(c.tree_size, []).append(_Target(c.tree_size, c.root_hash, "saved"))
 
     end = tree.log_size(conn)
-    nodes = _NodeCheck(conn, tree.tree_size(conn), report)
+    covered = tree.tree_size(conn)
+    _check_negative(conn, report)
+    nodes = _NodeCheck(conn, covered, report)
     frontier = merkle.Frontier()
     expected = 0
     last_good = 0
@@ -293,6 +306,15 @@ def verify(
                     checkpoint=size,
                 )
             )
+    if covered > end and not any(size > frontier.size for size in targets):
+        # No checkpoint covered the lost tail yet, but the stored tree did.
+        report.add(
+            Finding(
+                "truncated",
+                f"the stored tree covers {covered} entries but the log holds {end}: "
+                f"entries {end}..{covered - 1} were removed",
+            )
+        )
     report.entries = frontier.size
     report.seconds = time.perf_counter() - started
     return report

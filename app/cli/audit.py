@@ -18,7 +18,7 @@ from app.audit import queries, tree
 from app.audit import service as audit
 from app.audit.verify import Report, verify
 from app.cli.common import fail, refusals, settings_or_exit
-from app.db import make_engine, make_sessionmaker, transaction
+from app.db import make_engine, make_read_engine, make_sessionmaker, transaction
 from app.kit.jwt import SigningKey, VerificationKey
 
 app = typer.Typer(help="The audit log.", no_args_is_help=True)
@@ -128,13 +128,16 @@ def verify_command(
             for kid, pem in provider.service_signing_keys()
         }
     engine = make_engine(settings.resolved_database_url)
+    # Reads on the read engine: on SQLite a write connection would hold the writer's lock (and
+    # stop the service's writes) for the whole run.
+    reader = make_read_engine(settings.resolved_database_url)
 
     def progress(done: int, total: int) -> None:
         if total >= 1_000_000:
             typer.echo(f"  {done:,} / {total:,} entries", err=True)
 
     try:
-        with engine.connect() as conn:
+        with reader.connect() as conn:
             report = verify(conn, keys, saved, progress)
         # A look at the whole log is an access like any other: on the record.
         with transaction(make_sessionmaker(engine)) as session:
@@ -155,6 +158,7 @@ def verify_command(
         raise fail(f"cannot read the database: {exc.orig}") from None
     finally:
         engine.dispose()
+        reader.dispose()
     _print(report, as_json)
     if not report.ok:
         raise typer.Exit(1)
@@ -183,6 +187,7 @@ def export_command(
     settings = settings_or_exit()
     filters = queries.Filters(actor, action, report_id, decision, _utc(since), _utc(until))
     engine = make_engine(settings.resolved_database_url)
+    reader = make_read_engine(settings.resolved_database_url)
     try:
         with transaction(make_sessionmaker(engine)) as session:
             end = tree.log_size(session.connection())
@@ -196,7 +201,7 @@ def export_command(
                     reasons=(*filters.reasons(), f"format:{format.value}"),
                 ),
             )
-        with engine.connect() as conn:
+        with reader.connect() as conn:
             if output is None:
                 count = _write(conn, filters, end, format, sys.stdout)
             else:
@@ -206,6 +211,7 @@ def export_command(
         raise fail(f"cannot read the database: {exc.orig}") from None
     finally:
         engine.dispose()
+        reader.dispose()
     typer.echo(f"exported {count:,} entries", err=True)
 
 

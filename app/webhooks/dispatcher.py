@@ -129,12 +129,12 @@ class Dispatcher:
         self._wake.set()
 
     def _count(self, results: list[delivery.Result]) -> None:
-        for r in results:
-            self.tally.sent += 1
-            if r.succeeded:
-                self.tally.succeeded += 1
-            else:
-                self.tally.failed += 1
+        succeeded = sum(1 for r in results if r.succeeded)
+        failed = len(results) - succeeded
+        self.tally.sent += len(results)
+        self.tally.succeeded += succeeded
+        self.tally.failed += failed
+        self.state.metrics.count_attempts(succeeded, failed)
 
     async def _flush(self) -> None:
         if not self._done:

@@ -132,6 +132,7 @@ def upgrade() -> None:
     with op.batch_alter_table("audit_entries") as batch:
         batch.alter_column("leaf_hash", existing_type=sa.LargeBinary(length=32), nullable=False)
         batch.create_index("ix_audit_entries_time", ["time"])
+        batch.create_check_constraint(op.f("ck_audit_entries_leaf_index"), "id >= 0")
     op.create_table(
         "audit_nodes",
         sa.Column("level", sa.SmallInteger(), autoincrement=False, nullable=False),
@@ -167,6 +168,7 @@ def downgrade() -> None:
     op.drop_table("audit_tree")
     op.drop_table("audit_nodes")
     with op.batch_alter_table("audit_entries") as batch:
+        batch.drop_constraint(op.f("ck_audit_entries_leaf_index"), type_="check")
         batch.drop_index("ix_audit_entries_time")
         batch.drop_column("leaf_hash")
     if dialect == "postgresql":

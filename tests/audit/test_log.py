@@ -178,6 +178,23 @@ class TestWrittenAtCommit:
             assert session.get(UsedAssertion, ("ITA.test", target)) is not None
         assert len(indexes_of(world, target)) == 1
 
+    def test_a_released_savepoint_does_not_write_the_entries_before_the_commit(
+        self, fresh_world: World
+    ) -> None:
+        # Releasing a savepoint fires before_commit too; the entries must still wait for the
+        # real commit, or an outer savepoint rolled back afterwards would take them along.
+        world = fresh_world
+        target = tag()
+        with transaction(world.state.sessionmaker) as session:
+            session.add(UsedAssertion(client_id="ITA.test", jti=target, expires_at=utcnow()))
+            audit.record(session, ACTOR, audit.Entry("test.log", "allow", target))
+            with contextlib.suppress(LookupError), session.begin_nested():
+                with session.begin_nested():
+                    pass  # released
+                raise LookupError  # the outer savepoint given up
+
+        assert len(indexes_of(world, target)) == 1
+
     def test_a_refusal_survives_the_rollback_and_takes_the_next_index(
         self, fresh_world: World
     ) -> None:
@@ -276,6 +293,13 @@ def kept(fresh_world: World) -> World:
 
 
 class TestAppendOnly:
+    def test_an_entry_at_a_negative_index_is_refused(self, fresh_world: World) -> None:
+        # Below index 0 the tree has no place for an entry, and listings would show it first.
+        row = audit.row(ACTOR, audit.Entry("test.log", "allow", tag()))
+        row.update(id=-1, leaf_hash=canonical.leaf_hash({**row, "id": -1}))
+        with pytest.raises(DBAPIError), fresh_world.state.engine.begin() as conn:
+            conn.execute(cast(Table, AuditEntry.__table__).insert(), [row])
+
     @pytest.mark.parametrize("statement", list(CHANGES.values()), ids=list(CHANGES))
     def test_the_database_refuses_to_change_or_remove_what_was_appended(
         self, kept: World, statement: str

@@ -17,7 +17,7 @@ from sqlalchemy import Table, delete, select, update
 from typer.testing import CliRunner
 
 from app.audit import service as audit
-from app.audit.models import AuditEntry, Checkpoint
+from app.audit.models import AuditEntry, AuditNode, AuditTree, Checkpoint
 from app.cli.main import app as cli
 from app.config import get_settings
 from app.db import transaction, utcnow
@@ -188,10 +188,12 @@ class TestVerify:
         first, second = checkpointed(fresh_world)
         saved = tmp_path / "checkpoints.json"
         saved.write_text(json.dumps(chair_get(fresh_world, "/checkpoints")))
-        # The log and its latest checkpoint cut back together.
+        # The log, its latest checkpoint and the stored tree cut back together.
         with as_dba(fresh_world) as conn:
             conn.execute(delete(entries).where(entries.c.id >= first))
             conn.execute(delete(stored_checkpoints).where(stored_checkpoints.c.tree_size > first))
+            conn.execute(delete(cast(Table, AuditNode.__table__)))
+            conn.execute(update(cast(Table, AuditTree.__table__)).values(size=0))
         # What the service holds is consistent: without the saved file nothing shows.
         assert run_verify(fresh_world).findings == []
 
