@@ -9,6 +9,7 @@ from alembic.config import Config
 from sqlalchemy import Engine
 
 from app.audit.writer import AuditWriter
+from app.auth.limits import RouteLimits
 from app.config import PROJECT_ROOT, ConfigError, Settings
 from app.db import Database, make_engine, transaction
 from app.keys.provider import EnvKeyProvider, KeyProvider, KeyringError, LocalKeyring
@@ -85,6 +86,7 @@ def build_state(settings: Settings, *, engine: Engine | None = None) -> AppState
         redecider=redecider,
         reloader=Reloader(Path(settings.policy_dir), policy, db, envelope, redecider),
         search_limiter=RateLimiter(settings.search_rate_per_minute),
+        route_limits=RouteLimits.from_settings(settings),
         signing_keys=signing,
         verification_keys={
             k.kid: VerificationKey.from_pem(k.kid, "ES256", k.public_pem()) for k in signing

@@ -50,6 +50,10 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     # Searches per client and minute (a token bucket per process; bursts up to the same number).
     search_rate_per_minute: int = Field(default=120, ge=1)
+    # Requests per client and minute for the other route families, likewise.
+    read_rate_per_minute: int = Field(default=3000, ge=1)
+    write_rate_per_minute: int = Field(default=600, ge=1)
+    export_rate_per_minute: int = Field(default=10, ge=1)
     # Webhooks. Retry delays in seconds after the first, second, ... failed attempt (each with
     # up to 20 % jitter; a longer Retry-After wins); the delivery fails after the last one.
     webhook_retry_schedule: tuple[float, ...] = (5, 300, 1800, 7200, 18000, 36000, 36000)

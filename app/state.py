@@ -8,6 +8,7 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.audit.writer import AuditWriter
+from app.auth.limits import RouteLimits
 from app.auth.service import VerifiedTokens
 from app.config import Settings
 from app.db import Database
@@ -33,6 +34,7 @@ class AppState:
     redecider: Redecider
     reloader: Reloader
     search_limiter: RateLimiter
+    route_limits: RouteLimits
     signing_keys: list[SigningKey] = field(default_factory=list)
     verification_keys: dict[str, VerificationKey] = field(default_factory=dict)
     verified_tokens: VerifiedTokens = field(default_factory=VerifiedTokens)

@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 from app.audit import service as audit
 from app.auth.scopes import Scope
 from app.auth.service import Principal, confirm_active, verify_bearer
-from app.errors import Forbidden, Unauthorized
+from app.errors import Forbidden, TooManyRequests, Unauthorized
 from app.kit.jwt import TokenError
 from app.state import AppState
 
@@ -168,7 +168,25 @@ class Authenticator:
         if missing:
             await state.audit_log.append(claimed.actor, [_scope_refusal(route, missing)])
             raise Forbidden(_MISSING_SCOPE)
+        await _within_rate(request, state, claimed, route)
         return Caller(state, claimed, self.scopes, route)
+
+
+async def _within_rate(request: Request, state: AppState, claimed: Principal, route: str) -> None:
+    """Take one request from the client's bucket of the route's family; 429 when it is empty."""
+    template = getattr(request.scope.get("route"), "path", request.url.path)
+    limited = state.route_limits.family(request.method, template)
+    if limited is None:
+        return
+    name, limiter = limited
+    retry_after = limiter.acquire(claimed.client_id)
+    if retry_after is None:
+        return
+    refusal = audit.Entry(
+        action="rate.limit", decision="deny", target=route, reasons=(f"family:{name}",)
+    )
+    await state.audit_log.append(claimed.actor, [refusal])
+    raise TooManyRequests(retry_after)
 
 
 AnyCaller = Annotated[Caller, Depends(Authenticator(set()))]
