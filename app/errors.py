@@ -181,6 +181,14 @@ def install_handlers(app: FastAPI) -> None:
         status = exc.status_code
         if status == 404:
             return problem_response(404, NotFound().body())
+        if status == 400:
+            # The framework's 400 is a body it could not parse (JSON that is not UTF-8, a broken
+            # multipart form): invalid input like any other, so the 422 every route declares.
+            err = Unprocessable(
+                "The request body cannot be parsed.",
+                [{"loc": ["body"], "msg": "Unparsable body", "type": "body_unparsable"}],
+            )
+            return problem_response(422, err.body())
         body = {"type": "about:blank", "title": HTTPStatus(status).phrase, "status": status}
         return problem_response(status, body, dict(exc.headers or {}))
 

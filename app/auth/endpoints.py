@@ -11,6 +11,7 @@ from pydantic import BaseModel
 from app.auth.deps import StateDep
 from app.auth.scopes import ALL_SCOPES
 from app.auth.service import TokenRequestError, issue_token
+from app.errors import responses
 from app.kit import jwt
 
 router = APIRouter(tags=["auth"])
@@ -78,7 +79,9 @@ def _oauth_error(exc: TokenRequestError) -> JSONResponse:
     responses={
         400: {"model": OAuthError, "description": "Invalid request, grant or scope"},
         401: {"model": OAuthError, "description": "Client authentication failed"},
-        413: {"description": "Content Too Large"},
+        # What the framework refuses before the endpoint runs (a body over the limit, a form it
+        # cannot parse, a file where a field belongs) is a problem document, as on every route.
+        **responses(413, 422),
     },
 )
 async def token(

@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from typing import Annotated
 
-from pydantic import AfterValidator, AwareDatetime
+from pydantic import AfterValidator, AwareDatetime, BeforeValidator
+
+_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+
+
+def _written_as_a_date_time(value: object) -> object:
+    # pydantic also reads a number ("0.5", "1700000000") as Unix seconds in UTC: a time without
+    # a zone, which the document's `date-time` (RFC 3339) does not allow either.
+    if isinstance(value, datetime) or (isinstance(value, str) and _DATE.match(value)):
+        return value
+    raise ValueError("expected an RFC 3339 date-time")
 
 
 def _to_utc(value: datetime) -> datetime:
@@ -17,4 +28,6 @@ def _to_utc(value: datetime) -> datetime:
 
 
 # A query or body time: a zone is required, and it is converted to UTC on the way in.
-UTCInstant = Annotated[AwareDatetime, AfterValidator(_to_utc)]
+UTCInstant = Annotated[
+    AwareDatetime, BeforeValidator(_written_as_a_date_time), AfterValidator(_to_utc)
+]

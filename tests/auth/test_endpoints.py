@@ -172,6 +172,25 @@ class TestTokenIssue:
         response = world.http.post("/v1/auth/token", data={"grant_type": "client_credentials"})
         assert 400 <= response.status_code < 500
 
+    @pytest.mark.parametrize(
+        "request_kwargs",
+        [
+            {"content": b"x", "headers": {"Content-Type": "multipart/form-data"}},
+            {"files": {"grant_type": ("grant.txt", b"client_credentials")}},
+        ],
+        ids=["form-without-boundary", "file-for-a-field"],
+    )
+    def test_a_form_the_framework_refuses_is_the_declared_422_problem(
+        self, world: World, request_kwargs: dict[str, Any]
+    ) -> None:
+        response = world.http.post("/v1/auth/token", **request_kwargs)
+
+        assert response.status_code == 422
+        assert response.headers["content-type"] == "application/problem+json"
+        declared = world.app.openapi()["paths"]["/v1/auth/token"]["post"]["responses"]["422"]
+        schema = declared["content"]["application/problem+json"]["schema"]
+        assert schema == {"$ref": "#/components/schemas/ValidationProblem"}
+
 
 BAD_ASSERTIONS = {
     "signed_by_another_key_with_the_same_kid": lambda w: es256(
