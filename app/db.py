@@ -3,20 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import functools
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, DateTime, Engine, MetaData, create_engine, event
+from sqlalchemy import Connection, DateTime, Engine, MetaData, Table, create_engine, event
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.pool import NullPool
+from sqlalchemy.sql import Insert, Select
 from sqlalchemy.types import TypeDecorator
 
 T = TypeVar("T")
@@ -57,6 +59,169 @@ class UTCDateTime(TypeDecorator[datetime]):
 def utcnow() -> datetime:
     """The current time, timezone-aware UTC."""
     return datetime.now(UTC)
+
+
+class Record(dict[str, Any]):
+    """A row as `Prepared` returns it: a dict that also answers `row.name` and `row._mapping`,
+    like SQLAlchemy's Row, so code reading rows takes either."""
+
+    __slots__ = ()
+
+    @property
+    def _mapping(self) -> Mapping[str, Any]:
+        return self
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+
+_Processor = Callable[[Any], Any] | None
+AnySelect = Select[*tuple[Any, ...]]
+
+
+class _Compiled:
+    def __init__(
+        self,
+        statement: AnySelect | Insert,
+        dialect: Dialect,
+        column_keys: Sequence[str] | None = None,
+    ) -> None:
+        compiled = statement.compile(
+            dialect=dialect,
+            column_keys=list(column_keys) if column_keys is not None else None,
+            compile_kwargs={"render_postcompile": True},
+        )
+        self.sql = str(compiled)
+        # qmark/numeric drivers (sqlite3) take a sequence in this order; pyformat ones (psycopg)
+        # take the names.
+        self.positions: tuple[str, ...] | None = (
+            tuple(compiled.positiontup) if compiled.positiontup is not None else None
+        )
+        # compiled name -> (processor, the caller's key, or None for a value fixed in the statement)
+        self.binds: dict[str, tuple[_Processor, str | None, Any]] = {
+            name: (
+                bind.type.dialect_impl(dialect).bind_processor(dialect),
+                bind.key if bind.required else None,
+                bind.value,
+            )
+            for bind, name in compiled.bind_names.items()
+        }
+        columns = list(statement.selected_columns) if isinstance(statement, Select) else []
+        self.keys = tuple(str(c.key) for c in columns)
+        self.results: tuple[_Processor, ...] = tuple(
+            c.type.dialect_impl(dialect).result_processor(dialect, None) for c in columns
+        )
+        self.plain = all(p is None for p in self.results)
+
+    def values(self, raw: tuple[Any, ...]) -> tuple[Any, ...]:
+        if self.plain:
+            return raw
+        return tuple(p(v) if p is not None else v for p, v in zip(self.results, raw, strict=True))
+
+    def parameters(self, values: Mapping[str, Any]) -> Any:
+        bound = {}
+        for name, (process, key, fixed) in self.binds.items():
+            value = values[key] if key is not None else fixed
+            bound[name] = process(value) if process is not None and value is not None else value
+        if self.positions is None:
+            return bound
+        return tuple(bound[name] for name in self.positions)
+
+    def record(self, raw: tuple[Any, ...]) -> Record:
+        return Record(zip(self.keys, self.values(raw), strict=True))
+
+
+class Prepared:
+    """A SELECT compiled once per dialect and run on the driver's own cursor.
+
+    For the few statements on every request's path: SQLAlchemy's work per execution (execution
+    context, parameter and result processing, Row objects) costs several times what the
+    statement itself does on SQLite. Parameters and results go through the same type processors
+    SQLAlchemy would apply, so the rows are the same (tests/test_db.py compares them). The
+    statement must use only named bind parameters and literal IN lists.
+    """
+
+    def __init__(self, statement: AnySelect) -> None:
+        self.statement = statement
+        self._compiled: dict[str, _Compiled] = {}
+
+    def _for(self, dialect: Dialect) -> _Compiled:
+        compiled = self._compiled.get(dialect.name)
+        if compiled is None:
+            compiled = self._compiled[dialect.name] = _Compiled(self.statement, dialect)
+        return compiled
+
+    def all(self, conn: Connection, values: Mapping[str, Any]) -> list[Record]:
+        """Every row, on the connection's current transaction (if any)."""
+        compiled = self._for(conn.dialect)
+        raw = _on_cursor(conn, compiled.sql, compiled.parameters(values), many=False)
+        return [compiled.record(r) for r in raw]
+
+    def tuples(self, conn: Connection, values: Mapping[str, Any]) -> list[tuple[Any, ...]]:
+        """Every row as a plain tuple in the order of the selected columns (cheaper than `all`)."""
+        compiled = self._for(conn.dialect)
+        raw = _on_cursor(conn, compiled.sql, compiled.parameters(values), many=False)
+        return [compiled.values(r) for r in raw]
+
+    def first(self, conn: Connection, values: Mapping[str, Any]) -> Record | None:
+        """The first row, or None."""
+        rows = self.all(conn, values)
+        return rows[0] if rows else None
+
+
+class PreparedInsert:
+    """An INSERT of every row's `keys`, compiled once per dialect and sent as one executemany on
+    the driver's cursor (for the audit log's appends, on every request's path)."""
+
+    def __init__(self, table: Table, keys: Sequence[str]) -> None:
+        self.table = table
+        self.keys = tuple(keys)
+        self._compiled: dict[str, _Compiled] = {}
+
+    def run(self, conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Insert `rows` (each with exactly the keys given) in the connection's transaction."""
+        compiled = self._compiled.get(conn.dialect.name)
+        if compiled is None:
+            compiled = _Compiled(self.table.insert(), conn.dialect, self.keys)
+            self._compiled[conn.dialect.name] = compiled
+        _on_cursor(conn, compiled.sql, [compiled.parameters(r) for r in rows], many=True)
+
+
+def _on_cursor(conn: Connection, sql: str, parameters: Any, *, many: bool) -> list[Any]:
+    dialect = conn.dialect
+    dbapi_connection = conn.connection.dbapi_connection
+    if dbapi_connection is None:
+        raise RuntimeError("the connection is closed")
+    cursor = dbapi_connection.cursor()
+    try:
+        # Listeners (statement logging, tests that count statements) see it like any other.
+        conn.dispatch.before_cursor_execute(conn, cursor, sql, parameters, None, many)
+        if many:
+            cursor.executemany(sql, parameters)
+            return []
+        cursor.execute(sql, parameters)
+        return list(cursor.fetchall())
+    except dialect.loaded_dbapi.Error as exc:
+        # As SQLAlchemy itself would: a dead connection is invalidated (the pool drops it) and
+        # the error arrives as a DBAPIError, which the callers' retry and error handling know.
+        gone = dialect.is_disconnect(exc, dbapi_connection, cursor)
+        if gone:
+            conn.invalidate(exc)
+        raise DBAPIError.instance(
+            sql,
+            parameters,
+            exc,
+            dialect.loaded_dbapi.Error,
+            hide_parameters=True,
+            connection_invalidated=gone,
+            dialect=dialect,
+        ) from exc
+    finally:
+        with contextlib.suppress(dialect.loaded_dbapi.Error):
+            cursor.close()
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

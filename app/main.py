@@ -18,6 +18,7 @@ from app import bootstrap
 from app.audit import maintainer
 from app.audit import service as audit
 from app.audit.endpoints import router as audit_router
+from app.auth.deps import declare_bearer
 from app.auth.endpoints import router as auth_router
 from app.config import Settings, get_settings
 from app.errors import ServiceUnavailable, install_handlers, problem_response, responses
@@ -135,4 +136,14 @@ def create_app(settings: Settings | None = None, *, state: AppState | None = Non
     app.include_router(search_router)
     app.include_router(webhooks_router)
     app.include_router(audit_router)
+
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        # FastAPI caches the document it generates; the bearer scheme is added to it once.
+        if app.openapi_schema is None:
+            declare_bearer(generate(), app.routes)
+        return generate()
+
+    app.openapi = openapi  # type: ignore[method-assign]
     return app

@@ -7,11 +7,14 @@ import threading
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Connection, text
+from sqlalchemy import Connection, event, text
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from app import db
+from app.audit import service as audit_service
+from app.auth import service as auth_service
 from app.db import make_engine
+from app.reports import service as reports_service
 from tests.conftest import BACKEND, World
 
 
@@ -95,3 +98,103 @@ class TestWhereUnitsRun:
         else:
             assert in_run != here
             assert in_read != here
+
+
+def _read_one_values(world: World, member: str, report_id: str) -> dict[str, object]:
+    return {
+        "member": member,
+        "policy_hash": world.state.policy.bundle.hash,
+        "report_id": report_id,
+        "now": db.utcnow(),
+    }
+
+
+class TestPrepared:
+    """Statements on the driver's cursor give what SQLAlchemy's own execution gives."""
+
+    def test_a_read_gives_the_same_row_as_sqlalchemy(self, world: World) -> None:
+        # Datetimes, JSON lists and objects, booleans, bytes, a CASE label and literal binds.
+        report_id = world.submit("USA", grading={"reliability": "B", "credibility": 2})["id"]
+        values = _read_one_values(world, "USA", report_id)
+        with world.state.db.read_engine.connect() as conn:
+            ours = reports_service._READ_ONE.first(conn, values)
+            theirs = conn.execute(reports_service._READ_ONE.statement, values).one()
+        assert ours is not None
+        assert dict(ours) == dict(theirs._mapping)
+        assert ours.created_at.tzinfo is not None
+        assert isinstance(ours.wrapped_data_key, bytes)
+
+    def test_tuples_keep_the_order_of_the_selected_columns(self, world: World) -> None:
+        report_id = world.submit("USA")["id"]
+        values = {"report_id": report_id, "now": db.utcnow()}
+        with world.state.db.read_engine.connect() as conn:
+            ours = reports_service._AUDIENCE.tuples(conn, values)
+            theirs = conn.execute(reports_service._AUDIENCE.statement, values).all()
+        assert sorted(ours) == sorted(tuple(r) for r in theirs)
+        assert len(ours) > 1
+
+    def test_no_row_is_none_and_an_empty_list(self, world: World) -> None:
+        values = _read_one_values(world, "USA", "00000000-0000-4000-8000-000000000000")
+        with world.state.db.read_engine.connect() as conn:
+            assert reports_service._READ_ONE.first(conn, values) is None
+            assert reports_service._READ_ONE.all(conn, values) == []
+
+    def test_a_value_fixed_in_the_statement_is_bound_by_the_statement(self, world: World) -> None:
+        # `status == "active"` and `active IS true` are bound parameters the caller never gives.
+        client = world.client_id("ITA")
+        with world.state.db.read_engine.connect() as conn:
+            found = auth_service._CLIENT_STATUS.first(conn, {"client_id": client})
+            revoked_or_unknown = auth_service._CLIENT_STATUS.first(conn, {"client_id": "nobody"})
+        assert found is not None
+        assert found.id == client
+        assert found.member_code == "ITA"
+        assert revoked_or_unknown is None
+
+    def test_listeners_see_the_statement(self, world: World) -> None:
+        seen: list[str] = []
+
+        def before(_c: object, _cur: object, statement: str, *_: object) -> None:
+            seen.append(statement)
+
+        engine = world.state.db.read_engine
+        event.listen(engine, "before_cursor_execute", before)
+        try:
+            with engine.connect() as conn:
+                auth_service._CLIENT_STATUS.first(conn, {"client_id": "nobody"})
+        finally:
+            event.remove(engine, "before_cursor_execute", before)
+        assert any("FROM clients" in s for s in seen)
+
+    def test_a_driver_error_arrives_as_a_dbapi_error_and_writes_nothing(
+        self, fresh_world: World
+    ) -> None:
+        rows = [audit_service.row(audit_service.OPERATOR, audit_service.Entry("test.db", "allow"))]
+        leaf = {**rows[0], "id": 10**9, "leaf_hash": b"\0" * 32}
+        # The read engine refuses writes; the refusal is the driver's, wrapped as SQLAlchemy's.
+        with pytest.raises(DBAPIError) as caught, fresh_world.state.db.read_engine.connect() as c:
+            audit_service._INSERT.run(c, [leaf])
+        assert not caught.value.connection_invalidated
+        with fresh_world.state.db.engine.connect() as conn:
+            count = conn.execute(text("SELECT count(*) FROM audit_entries WHERE id = 1000000000"))
+            assert count.scalar() == 0
+
+    @pytest.mark.skipif(BACKEND != "postgres", reason="a server-side disconnect needs PostgreSQL")
+    def test_a_dead_connection_is_invalidated_and_the_read_tried_again(
+        self, fresh_world: World
+    ) -> None:
+        database = fresh_world.state.db
+        report_id = fresh_world.submit("USA")["id"]
+        values = _read_one_values(fresh_world, "USA", report_id)
+
+        def read(conn: Connection) -> tuple[int, object]:
+            pid = int(conn.execute(text("SELECT pg_backend_pid()")).scalar_one())
+            return pid, reports_service._READ_ONE.first(conn, values)
+
+        pid, _ = asyncio.run(database.read(read))
+        with database.engine.connect() as conn:
+            conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+            conn.commit()
+        # The first statement on the dead connection is ours: it must be seen as a disconnect.
+        row = asyncio.run(database.read(lambda conn: reports_service._READ_ONE.first(conn, values)))
+        assert row is not None
+        assert row.id == report_id

@@ -7,12 +7,12 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import cast
 
-from sqlalchemy import Connection, Table, event, func, select, text
+from sqlalchemy import BigInteger, Connection, Table, bindparam, event, func, select
 from sqlalchemy.orm import Session, SessionTransaction
 
 from app.audit import canonical
 from app.audit.models import AuditEntry
-from app.db import utcnow
+from app.db import Prepared, PreparedInsert, utcnow
 from app.middleware import request_id_var
 
 TARGET_MAX = 128
@@ -70,7 +70,9 @@ _entries = cast(Table, AuditEntry.__table__)
 # One appender at a time on PostgreSQL, from taking the next index to commit (a transaction-scoped
 # advisory lock; the key is arbitrary but fixed: "TLAUDIT" in ASCII). SQLite has one writer anyway.
 _APPEND_LOCK = 0x544C4155444954
-_NEXT_INDEX = select(func.coalesce(func.max(_entries.c.id), -1) + 1)
+_NEXT_INDEX = Prepared(select(func.coalesce(func.max(_entries.c.id), -1).label("last")))
+_TAKE_LOCK = Prepared(select(func.pg_advisory_xact_lock(bindparam("key", type_=BigInteger))))
+_INSERT = PreparedInsert(_entries, [c.key for c in _entries.columns])
 
 
 def insert_rows(conn: Connection, rows: list[dict[str, object]]) -> None:
@@ -84,14 +86,16 @@ def insert_rows(conn: Connection, rows: list[dict[str, object]]) -> None:
     if not rows:
         return
     if conn.dialect.name == "postgresql":
-        conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _APPEND_LOCK})
-    start = int(conn.execute(_NEXT_INDEX).scalar_one())
+        _TAKE_LOCK.all(conn, {"key": _APPEND_LOCK})
+    last = _NEXT_INDEX.first(conn, {})
+    start = int(last.last if last is not None else -1) + 1
     stored = []
     for offset, entry in enumerate(rows):
         leaf = {**entry, "id": start + offset}
         leaf["leaf_hash"] = canonical.leaf_hash(leaf)
         stored.append(leaf)
-    conn.execute(_entries.insert(), stored)
+    # Statements on the driver's cursor: this runs for every request (see app.db.Prepared).
+    _INSERT.run(conn, stored)
 
 
 _PENDING = "tearline_audit_pending"

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Annotated, TypeVar
+from collections.abc import Callable, Sequence
+from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, Request
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.routing import APIRoute, iter_route_contexts
 from sqlalchemy import Connection
 from sqlalchemy.orm import Session
+from starlette.routing import BaseRoute
 
 from app.audit import service as audit
 from app.auth.scopes import Scope
@@ -29,9 +30,15 @@ async def get_state(request: Request) -> AppState:
 StateDep = Annotated[AppState, Depends(get_state)]
 
 
-# Declares the bearer scheme in the OpenAPI document; the header itself is checked below, the
-# same way for every malformed variant.
-_bearer = HTTPBearer(auto_error=False, bearerFormat="JWT", description="ES256 at+jwt access token")
+# The bearer scheme as the OpenAPI document declares it (see `declare_bearer`). The header itself
+# is checked by the Authenticator, the same way for every malformed variant.
+BEARER_SCHEME = "HTTPBearer"
+_BEARER = {
+    "type": "http",
+    "scheme": "bearer",
+    "bearerFormat": "JWT",
+    "description": "ES256 at+jwt access token",
+}
 
 
 def _route(request: Request) -> str:
@@ -145,12 +152,9 @@ class Authenticator:
     def __init__(self, scopes: set[Scope]) -> None:
         self.scopes = frozenset(s.value for s in scopes)
 
-    async def __call__(
-        self,
-        request: Request,
-        state: StateDep,
-        _scheme: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-    ) -> Caller:
+    # One parameter only: every sub-dependency costs each request a resolution of its own.
+    async def __call__(self, request: Request) -> Caller:
+        state: AppState = request.app.state.tearline
         route = _route(request)
         try:
             # Signature and claims only: CPU work, cached per token, no database yet.
@@ -187,6 +191,24 @@ async def _within_rate(request: Request, state: AppState, claimed: Principal, ro
     )
     await state.audit_log.append(claimed.actor, [refusal])
     raise TooManyRequests(retry_after)
+
+
+def declare_bearer(document: dict[str, Any], routes: Sequence[BaseRoute]) -> dict[str, Any]:
+    """Mark in an OpenAPI document every operation whose route takes a Caller as bearer-only."""
+    protected = set()
+    for context in iter_route_contexts(routes):
+        route = context.original_route
+        if isinstance(route, APIRoute) and any(
+            isinstance(d.call, Authenticator) for d in route.dependant.dependencies
+        ):
+            protected |= {(context.path_format, m.lower()) for m in context.methods or ()}
+    for path, operations in document.get("paths", {}).items():
+        for method, operation in operations.items():
+            if (path, method) in protected:
+                operation["security"] = [{BEARER_SCHEME: []}]
+    schemes = document.setdefault("components", {}).setdefault("securitySchemes", {})
+    schemes[BEARER_SCHEME] = _BEARER
+    return document
 
 
 AnyCaller = Annotated[Caller, Depends(Authenticator(set()))]

@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 
 from app.audit import service as audit
 from app.auth.models import UsedAssertion
+from app.db import Prepared
 from app.kit import jwt
 from app.kit.jwt import ACCESS_TOKEN_TYP, ASSERTION_TYP, SigningKey, TokenError, VerificationKey
 from app.members.models import Client, ClientKey, Member
@@ -124,7 +125,8 @@ class ActiveClient:
 
 
 # Built once; run on every authenticated request, so kept to one indexed Core query.
-_CLIENT_STATUS = (
+# On every request's path: run on the driver's cursor (see Prepared).
+_CLIENT_STATUS = Prepared(
     select(Client.id, Client.member_code, Client.scopes)
     .join(Member, Member.code == Client.member_code)
     .where(Client.id == bindparam("client_id"), Client.status == "active", Member.active.is_(True))
@@ -132,7 +134,7 @@ _CLIENT_STATUS = (
 
 
 def _active_client(conn: Connection, client_id: str) -> ActiveClient | None:
-    row = conn.execute(_CLIENT_STATUS, {"client_id": client_id}).first()
+    row = _CLIENT_STATUS.first(conn, {"client_id": client_id})
     if row is None:
         return None
     return ActiveClient(id=row.id, member=row.member_code, scopes=tuple(row.scopes))

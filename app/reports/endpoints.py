@@ -13,6 +13,7 @@ from app.auth.deps import ReportsRead, ReportsWrite
 from app.auth.service import Principal
 from app.errors import responses
 from app.kit.instants import UTCInstant
+from app.kit.responses import serialized
 from app.reports import lifecycle, service
 from app.reports.schemas import (
     AccessLogPage,
@@ -135,8 +136,8 @@ async def list_reports(
     responses=responses(401, 403, 404, 422, 429),
 )
 async def get_report(
-    report_id: str, response: Response, caller: ReportsRead, purpose: PurposeHeader = None
-) -> ReportOut:
+    report_id: str, caller: ReportsRead, purpose: PurposeHeader = None
+) -> Response:
     """The report at the caller's level; 404 when it does not exist or is not for the caller."""
     state = caller.state
 
@@ -147,8 +148,7 @@ async def get_report(
         return report_out(view, principal.member)
 
     out = await caller.read(work)
-    response.headers["ETag"] = lifecycle.etag(out.version)
-    return out
+    return serialized(out, headers={"ETag": lifecycle.etag(out.version)})
 
 
 @router.put(

@@ -6,7 +6,7 @@ import dataclasses
 import hashlib
 import json
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol, cast
@@ -16,7 +16,6 @@ from sqlalchemy import (
     ColumnElement,
     Connection,
     Row,
-    RowMapping,
     Select,
     Table,
     and_,
@@ -32,7 +31,7 @@ from sqlalchemy.orm import Session
 
 from app.audit import service as audit
 from app.auth.service import Principal
-from app.db import UTCDateTime, utcnow
+from app.db import Prepared, Record, UTCDateTime, utcnow
 from app.errors import Conflict, NotFound, Unprocessable
 from app.keys.service import Envelope, field_aad
 from app.kit import crypto, pagination
@@ -97,7 +96,7 @@ class StoredReport:
     has_summary: bool
 
     @classmethod
-    def from_row(cls, row: Row[Any]) -> StoredReport:
+    def from_row(cls, row: Row[Any] | Record) -> StoredReport:
         """The report columns of a row selected with REPORT_COLUMNS."""
         m = row._mapping
         return cls(**{name: m[name] for name in _REPORT_FIELDS})
@@ -673,10 +672,13 @@ def _readable(*, with_body: bool) -> Select[Any]:
 
 # Built once: every read and list reuses the compiled form.
 _READABLE_FOR_LIST = _readable(with_body=False)
-_READ_ONE = _readable(with_body=True).where(_reports.c.id == bindparam("report_id"))
-_AUDIENCE = select(_access.c.member_code, effective_level()).where(
-    _access.c.report_id == bindparam("report_id"),
-    _readable_level(),
+# The two statements of every read by id, run on the driver's cursor (see Prepared).
+_READ_ONE = Prepared(_readable(with_body=True).where(_reports.c.id == bindparam("report_id")))
+_AUDIENCE = Prepared(
+    select(_access.c.member_code, effective_level()).where(
+        _access.c.report_id == bindparam("report_id"),
+        _readable_level(),
+    )
 )
 
 
@@ -701,7 +703,7 @@ def is_readable(conn: Connection, member: str, policy_hash: str, report_id: str)
 def decrypt_fields(
     envelope: Envelope,
     conn: Connection,
-    ciphertexts: RowMapping,
+    ciphertexts: Mapping[Any, Any],
     *,
     report_id: str,
     originator: str,
@@ -732,7 +734,9 @@ def decrypt_fields(
     return out
 
 
-def _view(envelope: Envelope, conn: Connection, row: Row[Any], *, with_body: bool) -> ReportView:
+def _view(
+    envelope: Envelope, conn: Connection, row: Row[Any] | Record, *, with_body: bool
+) -> ReportView:
     level: str = row._mapping["level"]
     if row._mapping["status"] == "purged":
         # A tombstone: its keys are destroyed, there is nothing left to decrypt.
@@ -759,10 +763,10 @@ def _view(envelope: Envelope, conn: Connection, row: Row[Any], *, with_body: boo
 
 
 def stored_audience(conn: Connection, report_id: str) -> Audience:
-    rows = conn.execute(_AUDIENCE, {"report_id": report_id, "now": utcnow()}).all()
+    rows = _AUDIENCE.tuples(conn, {"report_id": report_id, "now": utcnow()})
     return Audience(
-        full=tuple(sorted(m for m, lvl in rows if lvl == "full")),
-        tearline=tuple(sorted(m for m, lvl in rows if lvl == "tearline")),
+        full=tuple(sorted(m for m, level in rows if level == "full")),
+        tearline=tuple(sorted(m for m, level in rows if level == "tearline")),
     )
 
 
@@ -803,7 +807,7 @@ def read(
         "report_id": report_id,
         "now": utcnow(),
     }
-    row = conn.execute(_READ_ONE, params).first() if is_report_id(report_id) else None
+    row = _READ_ONE.first(conn, params) if is_report_id(report_id) else None
     if row is None:
         traced("deny", f"report:{report_id[:64]}", "level:none")
         raise NotFound
