@@ -15,11 +15,14 @@ from app.cli import audit as audit_cli
 from app.cli import clients, dev, keys, search, worker
 from app.cli.common import fail, refusals, session_scope, settings_or_exit
 from app.config import Settings
+from app.db import make_engine, make_sessionmaker, transaction
 from app.main import create_app
+from app.members import removal
 from app.policy import explain
 from app.policy.bundle import load_bundle
 from app.policy.engine import PolicyEngine
 from app.policy.reload import failing_cases
+from app.policy.service import PolicyState
 
 app = typer.Typer(help="Tearline: need-to-know sharing of CTF intelligence.", no_args_is_help=True)
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
@@ -86,6 +89,45 @@ def members_list() -> None:
         roles = ",".join(sorted(m.roles))
         status = "active" if m.active else "suspended"
         typer.echo("\t".join((m.code, m.kind, roles, m.clearance.name, status, m.name)))
+
+
+@members_app.command("remove")
+def members_remove(
+    code: Annotated[str, typer.Argument(help="The member's code")],
+    confirm: Annotated[
+        str, typer.Option("--confirm", help="The code again: removal cannot be undone")
+    ],
+) -> None:
+    """Remove a member for good: its keys are destroyed (everything it originated becomes
+    unrecoverable), its clients revoked, its reports made tombstones. Drop it from roster.yaml
+    and reload the policy first. Safe to run again after an interruption."""
+    settings = settings_or_exit()
+    if confirm != code:
+        raise fail("refused: --confirm must repeat the member's code")
+    with refusals():
+        policy = PolicyState.load(Path(settings.policy_dir))
+    engine = make_engine(settings.resolved_database_url)
+    factory = make_sessionmaker(engine)
+    try:
+        with transaction(factory) as session:
+            try:
+                done = removal.remove(session, policy.bundle, code)
+            except removal.RemovalError as exc:
+                raise fail(f"refused: {exc}") from None
+        typer.echo(
+            f"member {code} removed: {done.keys_destroyed} key version(s) destroyed, "
+            f"{done.clients_revoked} client(s) revoked"
+        )
+        shredded = 0
+        while True:
+            with transaction(factory) as session:
+                made = removal.shred_originated(session, policy, code, removal.SHRED_BATCH)
+            shredded += made
+            if made < removal.SHRED_BATCH:
+                break
+        typer.echo(f"{shredded} report(s) made tombstones")
+    finally:
+        engine.dispose()
 
 
 @policy_app.command("check")

@@ -78,6 +78,10 @@ class KeyProvider(Protocol):
         """Return master key `version`; raise UnknownKeyVersion if it is not held."""
         ...
 
+    def held_master_versions(self) -> list[int]:
+        """Every master key version held (for `tearline keys status`)."""
+        ...
+
     def index_key(self) -> SecretBytes:
         """Return the key used only to derive blind-index keys, never to encrypt."""
         ...
@@ -144,6 +148,10 @@ class _MaterialView:
     def service_signing_keys(self) -> list[tuple[str, str]]:
         """Return (kid, PKCS#8 PEM) pairs, the current key first."""
         return list(self._material.signing_keys)
+
+    def held_master_versions(self) -> list[int]:
+        """The master key versions held."""
+        return sorted(self._material.master_keys)
 
 
 # --- key material helpers -------------------------------------------------------------------
@@ -293,6 +301,24 @@ class LocalKeyring(_MaterialView, KeyProvider):
         version = self.current_master_version() + 1
         self._persist(self._material.with_master_key(version, crypto.new_key()))
         return version
+
+    def remove_master(self, version: int) -> None:
+        """Delete master key `version` from the file (never the current one). The caller checks
+        first that no member key is wrapped by it any more: what it wraps would be lost."""
+        self.reload()
+        if version == self.current_master_version():
+            raise KeyringError(f"keyring {self._path}: master key {version} is the current one")
+        if version not in self._material.master_keys:
+            raise KeyringError(f"keyring {self._path}: no master key version {version}")
+        kept = {v: k for v, k in self._material.master_keys.items() if v != version}
+        self._persist(
+            _Material(
+                self._material.development,
+                kept,
+                self._material.index_key,
+                self._material.signing_keys,
+            )
+        )
 
     def rotate_index_key(self, key: SecretBytes | None = None) -> None:
         """Replace the blind-index key (by `key`, or a fresh one) and persist it. The index must

@@ -14,6 +14,8 @@ from app.keys.provider import KeyProvider
 from app.kit import crypto
 from app.kit.crypto import CorruptionError, SecretBytes
 
+# Seconds a process goes by what it read of the member keys: which version is current, and
+# that a version it unwrapped still exists.
 CURRENT_VERSION_TTL = 10.0
 
 
@@ -31,11 +33,11 @@ class DataKey:
     member_key_version: int
 
 
-def _member_key_aad(member: str, version: int) -> bytes:
+def member_key_aad(member: str, version: int) -> bytes:
     return crypto.associated_data("member_keys", member, version)
 
 
-def _data_key_aad(report_id: str, version: int, originator: str) -> bytes:
+def data_key_aad(report_id: str, version: int, originator: str) -> bytes:
     # The member key version is deliberately absent, so a re-wrap never touches content.
     return crypto.associated_data("report_versions.data_key", report_id, version, originator)
 
@@ -50,7 +52,7 @@ class Envelope:
 
     def __init__(self, provider: KeyProvider) -> None:
         self.provider = provider
-        self._member_keys: dict[tuple[str, int], SecretBytes] = {}
+        self._member_keys: dict[tuple[str, int], tuple[SecretBytes, float]] = {}
         self._current: dict[str, tuple[int, float]] = {}
         self._lock = threading.Lock()
 
@@ -68,7 +70,7 @@ class Envelope:
                 member_code=member,
                 version=1,
                 master_version=master_version,
-                wrapped_key=self.provider.wrap(master_version, kek, _member_key_aad(member, 1)),
+                wrapped_key=self.provider.wrap(master_version, kek, member_key_aad(member, 1)),
             )
         )
         return 1
@@ -76,17 +78,21 @@ class Envelope:
     def _member_key(
         self, conn: Connection, member: str, version: int | None
     ) -> tuple[int, SecretBytes]:
+        now = time.monotonic()
         if version is None:
             # Which version is current is looked up at most every few seconds per process: a
             # rotation made elsewhere reaches new writes within that time (the older version
             # stays valid for reading until it is retired).
             current = self._current.get(member)
-            if current is not None and current[1] > time.monotonic():
+            if current is not None and current[1] > now:
                 version = current[0]
         if version is not None:
             cached = self._member_keys.get((member, version))
-            if cached is not None:
-                return version, cached
+            # An unwrapped key is used from memory for a few seconds, then its row is read
+            # again: a key destroyed elsewhere (member removed, version retired) stops working
+            # in every process within that time, not at its next restart.
+            if cached is not None and cached[1] > now:
+                return version, cached[0]
         stmt = select(MemberKey.version, MemberKey.master_version, MemberKey.wrapped_key).where(
             MemberKey.member_code == member
         )
@@ -99,15 +105,21 @@ class Envelope:
         if row is None:
             raise KeyDestroyed(f"no key for member {member}")
         if row.wrapped_key is None:
+            with self._lock:
+                self._member_keys.pop((member, row.version), None)
             raise KeyDestroyed(f"key of member {member} version {row.version} was destroyed")
         kek = self.provider.unwrap(
-            row.master_version, row.wrapped_key, _member_key_aad(member, row.version)
+            row.master_version, row.wrapped_key, member_key_aad(member, row.version)
         )
         with self._lock:
-            self._member_keys[(member, row.version)] = kek
+            self._member_keys[(member, row.version)] = (kek, now + CURRENT_VERSION_TTL)
             if version is None:
-                self._current[member] = (row.version, time.monotonic() + CURRENT_VERSION_TTL)
+                self._current[member] = (row.version, now + CURRENT_VERSION_TTL)
         return row.version, kek
+
+    def member_key(self, conn: Connection, member: str, version: int) -> SecretBytes:
+        """Member key `version` of `member`, unwrapped; KeyDestroyed if it is gone."""
+        return self._member_key(conn, member, version)[1]
 
     def new_data_key(
         self, conn: Connection, report_id: str, version: int, originator: str
@@ -115,7 +127,7 @@ class Envelope:
         """A fresh data key for one report version, wrapped by the originator's current key."""
         key_version, kek = self._member_key(conn, originator, None)
         key = crypto.new_key()
-        wrapped = crypto.wrap_key(kek, key, _data_key_aad(report_id, version, originator))
+        wrapped = crypto.wrap_key(kek, key, data_key_aad(report_id, version, originator))
         return DataKey(key=key, wrapped=wrapped, member=originator, member_key_version=key_version)
 
     def open_data_key(
@@ -132,7 +144,7 @@ class Envelope:
         if wrapped is None:
             raise KeyDestroyed("data key destroyed")
         _, kek = self._member_key(conn, originator, member_key_version)
-        return crypto.unwrap_key(kek, wrapped, _data_key_aad(report_id, version, originator))
+        return crypto.unwrap_key(kek, wrapped, data_key_aad(report_id, version, originator))
 
     def seal_secret(
         self, conn: Connection, member: str, secret: SecretBytes, aad: bytes

@@ -20,6 +20,8 @@ class Member(Base):
     kind: Mapped[str] = mapped_column(String(8))
     active: Mapped[bool] = mapped_column(Boolean, default=True)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # Set by `tearline members remove`: its keys are destroyed and it is never active again.
+    removed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
 
 
 class Client(Base):

@@ -28,11 +28,14 @@ def sync_roster(session: Session, bundle: PolicyBundle) -> None:
         row = existing.get(code)
         if row is None:
             session.add(Member(code=code, name=member.name, kind=member.kind, active=member.active))
-        elif (row.name, row.kind, row.active) != (member.name, member.kind, member.active):
+            continue
+        # A removed member stays removed, whatever the roster says (its keys are gone).
+        active = member.active and row.removed_at is None
+        if (row.name, row.kind, row.active) != (member.name, member.kind, active):
             row.name, row.kind, row.active, row.updated_at = (
                 member.name,
                 member.kind,
-                member.active,
+                active,
                 utcnow(),
             )
     # A member dropped from the roster file is suspended, never deleted: its reports and

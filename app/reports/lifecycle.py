@@ -249,31 +249,38 @@ def purge_report(
     """Crypto-shred every version (data keys and ciphertexts gone) and keep a tombstone."""
     action = "report.purge"
     current = _own_for_change(session, state, principal, report_id, action)
-    conn = session.connection()
     if current.status != "purged":
-        # Without its data key a version cannot be decrypted by anyone, whatever copies of its
-        # ciphertext row exist (the key lives in a table of its own). The ciphertext goes too:
-        # it is of no use any more.
-        now = utcnow()
-        shredded = conn.execute(
-            update(_keys)
-            .where(_keys.c.report_id == report_id)
-            .values(wrapped_data_key=None, destroyed_at=now)
-        )
-        conn.execute(
-            update(_versions)
-            .where(_versions.c.report_id == report_id)
-            .values(title_ct=None, body_ct=None, summary_ct=None, entities_ct=None)
-        )
-        # Nothing of the content may stay findable either.
-        drop_entries(conn, report_id)
-        purged = dataclasses.replace(current, status="purged", updated_at=now)
-        _set_status(session, purged)
-        decided = service.decide_again(session, state, purged)
-        service.emit_report_event(conn, "report.purged", purged, decided.readable_before())
-        _record(session, state, principal, action, report_id, f"versions:{shredded.rowcount}")
+        versions = shred(session, state, current)
+        _record(session, state, principal, action, report_id, f"versions:{versions}")
     else:
         _record(session, state, principal, action, report_id, "already_purged")
+
+
+def shred(session: Session, state: PolicyState, current: StoredReport) -> int:
+    """Make a report a tombstone: data keys, ciphertexts and index entries gone, decided again,
+    `report.purged` raised; the number of versions shredded. The caller holds its row lock."""
+    conn = session.connection()
+    # Without its data key a version cannot be decrypted by anyone, whatever copies of its
+    # ciphertext row exist (the key lives in a table of its own). The ciphertext goes too: it is
+    # of no use any more.
+    now = utcnow()
+    shredded = conn.execute(
+        update(_keys)
+        .where(_keys.c.report_id == current.id)
+        .values(wrapped_data_key=None, destroyed_at=now)
+    )
+    conn.execute(
+        update(_versions)
+        .where(_versions.c.report_id == current.id)
+        .values(title_ct=None, body_ct=None, summary_ct=None, entities_ct=None)
+    )
+    # Nothing of the content may stay findable either.
+    drop_entries(conn, current.id)
+    purged = dataclasses.replace(current, status="purged", updated_at=now)
+    _set_status(session, purged)
+    decided = service.decide_again(session, state, purged)
+    service.emit_report_event(conn, "report.purged", purged, decided.readable_before())
+    return int(shredded.rowcount)
 
 
 def _set_status(session: Session, report: StoredReport) -> None:
