@@ -14,7 +14,7 @@ from app.config import PROJECT_ROOT, ConfigError, Settings
 from app.db import Database, make_engine, transaction
 from app.keys.provider import EnvKeyProvider, KeyProvider, KeyringError, LocalKeyring
 from app.keys.service import Envelope
-from app.kit.jwt import SigningKey, VerificationKey
+from app.keys.signing import ServiceKeys
 from app.kit.ratelimit import RateLimiter
 from app.members import service as members_service
 from app.policy.reload import Redecider, Reloader
@@ -69,9 +69,10 @@ def build_state(settings: Settings, *, engine: Engine | None = None) -> AppState
     """Everything a running instance holds: policy, keys, database engine."""
     policy = PolicyState.load(Path(settings.policy_dir))
     provider = load_key_provider(settings, create=True)
-    signing = [SigningKey.from_pem(kid, pem) for kid, pem in provider.service_signing_keys()]
-    if not signing:
-        raise ConfigError("the key provider holds no service signing key")
+    try:
+        service_keys = ServiceKeys(provider)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
     db = Database(engine or make_engine(settings.resolved_database_url))
     envelope = Envelope(provider)
     redecider = Redecider(db, policy)
@@ -87,10 +88,7 @@ def build_state(settings: Settings, *, engine: Engine | None = None) -> AppState
         reloader=Reloader(Path(settings.policy_dir), policy, db, envelope, redecider),
         search_limiter=RateLimiter(settings.search_rate_per_minute),
         route_limits=RouteLimits.from_settings(settings),
-        signing_keys=signing,
-        verification_keys={
-            k.kid: VerificationKey.from_pem(k.kid, "ES256", k.public_pem()) for k in signing
-        },
+        service_keys=service_keys,
     )
 
 

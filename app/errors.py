@@ -11,6 +11,8 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.kit.crypto import CorruptionError
@@ -137,10 +139,14 @@ def problem_response(
     return JSONResponse(body, status_code=status, headers=headers, media_type=PROBLEM_MEDIA_TYPE)
 
 
+# Every route that reaches the database answers 503 while the database does not answer.
+DATABASE_DOWN = 503
+
+
 def responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI declarations of a route's error responses, all problem documents."""
+    """OpenAPI declarations of a route's error responses (and 503), all problem documents."""
     declared: dict[int | str, dict[str, Any]] = {}
-    for status in statuses:
+    for status in sorted({*statuses, DATABASE_DOWN}):
         model = ValidationProblem if status == 422 else Problem
         declared[status] = {
             "model": model,
@@ -191,6 +197,17 @@ def install_handlers(app: FastAPI) -> None:
             return problem_response(422, err.body())
         body = {"type": "about:blank", "title": HTTPStatus(status).phrase, "status": status}
         return problem_response(status, body, dict(exc.headers or {}))
+
+    @app.exception_handler(OperationalError)
+    @app.exception_handler(InterfaceError)
+    @app.exception_handler(PoolTimeout)
+    async def _database_down(_: Request, exc: Exception) -> JSONResponse:
+        # The database is unreachable, restarting or overloaded: nothing was committed (a write
+        # is acknowledged only after its commit), so the client may retry, with the same
+        # Idempotency-Key for a submission. The pool replaces dead connections by itself.
+        log.warning("database unavailable", extra={"error_type": type(exc).__name__})
+        err = ServiceUnavailable("The database is not available; retry shortly.")
+        return problem_response(err.status, err.body(), {"Retry-After": "1"})
 
     @app.exception_handler(CorruptionError)
     async def _corrupt(_: Request, exc: CorruptionError) -> JSONResponse:

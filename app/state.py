@@ -14,6 +14,7 @@ from app.config import Settings
 from app.db import Database
 from app.keys.provider import KeyProvider
 from app.keys.service import Envelope
+from app.keys.signing import ServiceKeys
 from app.kit.jwt import SigningKey, VerificationKey
 from app.kit.ratelimit import RateLimiter
 from app.metrics import Metrics
@@ -35,8 +36,7 @@ class AppState:
     reloader: Reloader
     search_limiter: RateLimiter
     route_limits: RouteLimits
-    signing_keys: list[SigningKey] = field(default_factory=list)
-    verification_keys: dict[str, VerificationKey] = field(default_factory=dict)
+    service_keys: ServiceKeys
     verified_tokens: VerifiedTokens = field(default_factory=VerifiedTokens)
     metrics: Metrics = field(default_factory=Metrics)
 
@@ -54,5 +54,10 @@ class AppState:
 
     @property
     def signing_key(self) -> SigningKey:
-        """The key new tokens are signed with (the provider lists the current one first)."""
-        return self.signing_keys[0]
+        """The key that signs tokens and checkpoints now."""
+        return self.service_keys.current()
+
+    @property
+    def verification_keys(self) -> dict[str, VerificationKey]:
+        """Every service key that verifies, by kid (retired ones too)."""
+        return self.service_keys.verifiers()

@@ -161,7 +161,7 @@ class Authenticator:
             claimed = verify_bearer(
                 request.headers.get("authorization"),
                 issuer=state.issuer,
-                service_keys=state.verification_keys,
+                service_keys=state.service_keys.resolve,
                 ttl=state.settings.access_token_ttl,
                 verified=state.verified_tokens,
             )

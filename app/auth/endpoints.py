@@ -12,7 +12,6 @@ from app.auth.deps import StateDep
 from app.auth.scopes import ALL_SCOPES
 from app.auth.service import TokenRequestError, issue_token
 from app.errors import responses
-from app.kit import jwt
 
 router = APIRouter(tags=["auth"])
 
@@ -59,7 +58,7 @@ def metadata(state: StateDep) -> AuthorizationServerMetadata:
 @router.get("/.well-known/jwks.json")
 def jwks(state: StateDep) -> dict[str, Any]:
     """The service's public signing keys (access tokens, audit checkpoints)."""
-    return jwt.jwks(state.signing_keys)
+    return state.service_keys.jwks()
 
 
 def _oauth_error(exc: TokenRequestError) -> JSONResponse:

@@ -267,7 +267,7 @@ def verify_bearer(
     authorization: str | None,
     *,
     issuer: str,
-    service_keys: dict[str, VerificationKey],
+    service_keys: jwt.KeyResolver,
     ttl: int,
     verified: VerifiedTokens | None = None,
 ) -> Principal:

@@ -19,7 +19,7 @@ from app.audit import service as audit
 from app.audit.verify import Report, verify
 from app.cli.common import fail, refusals, settings_or_exit
 from app.db import make_engine, make_read_engine, make_sessionmaker, transaction
-from app.kit.jwt import SigningKey, VerificationKey
+from app.kit.jwt import VerificationKey
 
 app = typer.Typer(help="The audit log.", no_args_is_help=True)
 
@@ -123,9 +123,10 @@ def verify_command(
     else:
         with refusals():
             provider = bootstrap.load_key_provider(settings)
+        # Every key that ever signed, retired ones too (their public half is kept for this).
         keys = {
-            kid: SigningKey.from_pem(kid, pem).verification_key()
-            for kid, pem in provider.service_signing_keys()
+            e.kid: VerificationKey.from_pem(e.kid, "ES256", e.public_pem)
+            for e in provider.signing_entries()
         }
     engine = make_engine(settings.resolved_database_url)
     # Reads on the read engine: on SQLite a write connection would hold the writer's lock (and

@@ -20,12 +20,15 @@ from app.config import Settings
 from app.db import make_engine, make_sessionmaker, transaction, utcnow
 from app.keys import lifecycle
 from app.keys.models import MemberKey
-from app.keys.provider import KeyProvider, KeyringError, LocalKeyring
+from app.keys.provider import KeyProvider, KeyringError, LocalKeyring, SigningEntry
 from app.keys.service import CURRENT_VERSION_TTL, Envelope
 from app.kit import crypto
 from app.search.index import BlindIndex
 
 app = typer.Typer(help="Service keys.", no_args_is_help=True)
+
+# A new signing key is only published for this long before it signs (JWKS caches, processes).
+SIGNING_LEAD_SECONDS = 3600
 
 
 @app.command("init")
@@ -118,7 +121,19 @@ def status(
     provider = _provider(settings)
     with _engine(settings) as engine, engine.connect() as conn:
         found = lifecycle.status(conn, provider, provider.held_master_versions())
-    signing = [kid for kid, _ in provider.service_signing_keys()]
+    now = utcnow()
+    signing = [
+        {
+            "kid": e.kid,
+            "state": "retired"
+            if e.private_pem is None
+            else "pending"
+            if e.activates_at is not None and e.activates_at > now
+            else "active",
+            "activates_at": e.activates_at.isoformat() if e.activates_at else None,
+        }
+        for e in provider.signing_entries()
+    ]
     index_id = BlindIndex(provider.index_key()).key_id
     if as_json:
         document: dict[str, Any] = {
@@ -152,7 +167,10 @@ def status(
         f"to re-wrap: {found.stale_member_keys} member key(s), {found.stale_data_keys} data "
         f"key(s), {found.stale_secrets} webhook secret(s)"
     )
-    typer.echo(f"signing keys (current first): {', '.join(signing)}")
+    typer.echo("signing keys (newest first; all published in the JWKS):")
+    for entry in signing:
+        since = f"  signs from {entry['activates_at']}" if entry["activates_at"] else ""
+        typer.echo(f"  {entry['kid']}  {entry['state']}{since}")
     typer.echo(f"blind-index key: {index_id}")
 
 
@@ -165,12 +183,41 @@ def rotate(
     all_members: Annotated[
         bool, typer.Option("--all-members", help="A new key version for every member with keys")
     ] = False,
+    signing: Annotated[
+        bool, typer.Option("--signing", help="A new service signing key (tokens, checkpoints)")
+    ] = False,
+    activate_in: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="With --signing: seconds during which the new key is only published (JWKS) "
+            "before it signs, so every verifier has it first",
+        ),
+    ] = SIGNING_LEAD_SECONDS,
 ) -> None:
     """Add a key version that new writes use. Older versions stay readable; `tearline keys
     rewrap` then moves what they protect onto the new ones, and `retire` destroys them."""
     settings = settings_or_exit()
-    if not (master or member or all_members):
-        raise fail("refused: say what to rotate: --master, --member CODE or --all-members")
+    if not (master or member or all_members or signing):
+        raise fail(
+            "refused: say what to rotate: --master, --member CODE, --all-members or --signing"
+        )
+    if signing:
+        keyring = _local(settings, "rotating the signing key")
+        activates_at = utcnow() + timedelta(seconds=activate_in)
+        kid = keyring.add_signing_key(activates_at)
+        with session_scope(settings) as session:
+            audit.record(
+                session,
+                audit.OPERATOR,
+                audit.Entry(
+                    action="key.rotate",
+                    decision="allow",
+                    target="signing_key",
+                    reasons=(f"kid:{kid}", f"activates_at:{activates_at.isoformat()}"),
+                ),
+            )
+        typer.echo(f"signing key {kid} published now; it signs from {activates_at.isoformat()}")
     if master:
         keyring = _local(settings, "rotating the master key")
         old = keyring.current_master_version()
@@ -313,10 +360,56 @@ def _rewrap_pass(
     return totals.done - done_before
 
 
+def _stopped_signing_at(entries: list[SigningEntry], kid: str) -> datetime | None:
+    """When `kid` stopped signing: the first activation of a newer key (None: it still signs)."""
+    newer: list[datetime] = []
+    for entry in entries:
+        if entry.kid == kid:
+            break
+        if entry.private_pem is not None and entry.activates_at is not None:
+            newer.append(entry.activates_at)
+    return min(newer) if newer else None
+
+
+def _retire_signing(settings: Settings, kid: str) -> None:
+    keyring = _local(settings, "retiring a signing key")
+    entries = keyring.signing_entries()
+    stopped = _stopped_signing_at(entries, kid)
+    now = utcnow()
+    if stopped is None or stopped > now:
+        raise fail(f"refused: signing key {kid} still signs; rotate first")
+    # Its tokens live for the access-token lifetime after it stopped signing (plus clock skew).
+    free_at = stopped + timedelta(seconds=settings.access_token_ttl + 60)
+    if free_at > now:
+        raise fail(
+            f"refused: tokens signed by {kid} may be valid until {free_at.isoformat()}; retire "
+            "it after that"
+        )
+    with session_scope(settings) as session:
+        audit.record(
+            session,
+            audit.OPERATOR,
+            audit.Entry(
+                action="key.retire", decision="allow", target="signing_key", reasons=(f"kid:{kid}",)
+            ),
+        )
+    try:
+        keyring.retire_signing_key(kid, now)
+    except KeyringError as exc:
+        raise fail(f"refused: {exc}") from None
+    typer.echo(
+        f"signing key {kid}: private key deleted; its public key stays in the JWKS so that "
+        "checkpoints it signed can still be verified"
+    )
+
+
 @app.command("retire")
 def retire(
     master: Annotated[
         int | None, typer.Option("--master", help="Delete this master key version")
+    ] = None,
+    signing: Annotated[
+        str | None, typer.Option("--signing", help="Delete the private half of this signing key")
     ] = None,
     member: Annotated[str | None, typer.Option("--member", help="The member of --version")] = None,
     version: Annotated[
@@ -325,8 +418,11 @@ def retire(
 ) -> None:
     """Destroy a key version that nothing uses any more (refused while anything does)."""
     settings = settings_or_exit()
+    if signing is not None:
+        _retire_signing(settings, signing)
+        return
     if master is None and (member is None or version is None):
-        raise fail("refused: give --master N, or --member CODE --version N")
+        raise fail("refused: give --master N, --member CODE --version N, or --signing KID")
     if member is not None and version is not None:
         with session_scope(settings) as session:
             try:

@@ -21,13 +21,15 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
 import secrets
 import stat
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -90,6 +92,10 @@ class KeyProvider(Protocol):
         """Return (kid, PKCS#8 PEM of an ES256 private key) pairs, the current key first."""
         ...
 
+    def signing_entries(self) -> list[SigningEntry]:
+        """Every signing key with its schedule (see SigningEntry), newest first."""
+        ...
+
     def wrap(self, version: int, key: SecretBytes, aad: bytes) -> bytes:
         """Wrap `key` under master key `version`, bound to `aad`."""
         return crypto.wrap_key(self.master_key(version), key, aad)
@@ -99,25 +105,42 @@ class KeyProvider(Protocol):
         return crypto.unwrap_key(self.master_key(version), blob, aad)
 
 
+@dataclass(frozen=True)
+class SigningEntry:
+    """A service signing key as the provider holds it.
+
+    `activates_at`: the key is published (JWKS) from the moment it is added, but signs only from
+    this time on (None: since it was added). `private_pem` is None once the key is retired: its
+    public half stays published, so checkpoints it signed can still be verified.
+    """
+
+    kid: str
+    public_pem: str
+    private_pem: str | None = field(default=None, repr=False)
+    activates_at: datetime | None = None
+    retired_at: datetime | None = None
+
+
 @dataclass(frozen=True, slots=True, repr=False)  # repr=False: the fields are secrets
 class _Material:
     development: bool
     master_keys: Mapping[int, SecretBytes]
     index_key: SecretBytes
-    signing_keys: tuple[tuple[str, str], ...]
+    # Newest first; retired keys (public half only) after the others.
+    signing: tuple[SigningEntry, ...]
+
+    @property
+    def signing_keys(self) -> tuple[tuple[str, str], ...]:
+        return tuple((e.kid, e.private_pem) for e in self.signing if e.private_pem is not None)
 
     def with_master_key(self, version: int, key: SecretBytes) -> _Material:
-        return _Material(
-            self.development, {**self.master_keys, version: key}, self.index_key, self.signing_keys
-        )
+        return dataclasses.replace(self, master_keys={**self.master_keys, version: key})
 
     def with_index_key(self, key: SecretBytes) -> _Material:
-        return _Material(self.development, self.master_keys, key, self.signing_keys)
+        return dataclasses.replace(self, index_key=key)
 
-    def with_signing_key(self, kid: str, pem: str) -> _Material:
-        return _Material(
-            self.development, self.master_keys, self.index_key, ((kid, pem), *self.signing_keys)
-        )
+    def with_signing_key(self, entry: SigningEntry) -> _Material:
+        return dataclasses.replace(self, signing=(entry, *self.signing))
 
 
 class _MaterialView:
@@ -148,6 +171,10 @@ class _MaterialView:
     def service_signing_keys(self) -> list[tuple[str, str]]:
         """Return (kid, PKCS#8 PEM) pairs, the current key first."""
         return list(self._material.signing_keys)
+
+    def signing_entries(self) -> list[SigningEntry]:
+        """Every signing key, newest first, with its schedule; retired ones last."""
+        return list(self._material.signing)
 
     def held_master_versions(self) -> list[int]:
         """The master key versions held."""
@@ -214,12 +241,27 @@ def _new_signing_key() -> tuple[str, str]:
     return _jwk_thumbprint(key), pem
 
 
+def _public_pem(private_pem: str) -> str:
+    key = serialization.load_pem_private_key(private_pem.encode("ascii"), password=None)
+    return (
+        key.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode("ascii")
+    )
+
+
+def _signing_entry(
+    kid: str, private_pem: str, activates_at: datetime | None = None
+) -> SigningEntry:
+    return SigningEntry(kid, _public_pem(private_pem), private_pem, activates_at)
+
+
 def _check_distinct(material: _Material, fail: _Fail) -> None:
     # The index key must be separate from every encryption key (spec: blind indexes use their own
     # key); a copy-paste that reuses one would silently weaken both.
     if any(material.index_key == key for key in material.master_keys.values()):
         raise fail("the index key must differ from every master key")
-    kids = [kid for kid, _ in material.signing_keys]
+    kids = [e.kid for e in material.signing]
     if len(set(kids)) != len(kids):
         raise fail("signing key ids must be unique")
 
@@ -239,6 +281,7 @@ class LocalKeyring(_MaterialView, KeyProvider):
         self._path = path
         self._material = material
         self._strict = strict
+        self._read_mtime = _mtime(path)
 
     def __repr__(self) -> str:
         return f"LocalKeyring(path={str(self._path)!r}, development={self.is_development})"
@@ -263,7 +306,7 @@ class LocalKeyring(_MaterialView, KeyProvider):
                 development=development,
                 master_keys={1: crypto.new_key()},
                 index_key=crypto.new_key(),
-                signing_keys=((kid, pem),),
+                signing=(_signing_entry(kid, pem),),
             )
             if _write_atomically(path, _serialise(material), overwrite=False):
                 return cls(path, material, strict=require_strict_permissions)
@@ -284,7 +327,9 @@ class LocalKeyring(_MaterialView, KeyProvider):
 
     def reload(self) -> None:
         """Re-read the file, e.g. after `tearline keys rotate` ran in another process."""
+        mtime = _mtime(self._path)
         self._material = _read(self._path, strict=self._strict)
+        self._read_mtime = mtime
 
     def master_key(self, version: int) -> SecretBytes:
         """Return master key `version`, re-reading the file if it is newer than any held."""
@@ -311,14 +356,7 @@ class LocalKeyring(_MaterialView, KeyProvider):
         if version not in self._material.master_keys:
             raise KeyringError(f"keyring {self._path}: no master key version {version}")
         kept = {v: k for v, k in self._material.master_keys.items() if v != version}
-        self._persist(
-            _Material(
-                self._material.development,
-                kept,
-                self._material.index_key,
-                self._material.signing_keys,
-            )
-        )
+        self._persist(dataclasses.replace(self._material, master_keys=kept))
 
     def rotate_index_key(self, key: SecretBytes | None = None) -> None:
         """Replace the blind-index key (by `key`, or a fresh one) and persist it. The index must
@@ -328,16 +366,45 @@ class LocalKeyring(_MaterialView, KeyProvider):
         _check_distinct(material, lambda reason: KeyringError(f"keyring {self._path}: {reason}"))
         self._persist(material)
 
-    def add_signing_key(self) -> str:
-        """Add a new ES256 signing key as the current one, persist it, and return its kid."""
+    def add_signing_key(self, activates_at: datetime | None = None) -> str:
+        """Add a new ES256 signing key, persist it, and return its kid. It is published at once
+        and signs from `activates_at` on (None: at once)."""
         self.reload()
         kid, pem = _new_signing_key()
-        self._persist(self._material.with_signing_key(kid, pem))
+        self._persist(self._material.with_signing_key(_signing_entry(kid, pem, activates_at)))
         return kid
+
+    def retire_signing_key(self, kid: str, at: datetime) -> None:
+        """Delete the private half of signing key `kid`; its public half stays published."""
+        self.reload()
+        entries = list(self._material.signing)
+        found = [e for e in entries if e.kid == kid and e.private_pem is not None]
+        if not found:
+            raise KeyringError(f"keyring {self._path}: no usable signing key {kid}")
+        if len([e for e in entries if e.private_pem is not None]) == 1:
+            raise KeyringError(f"keyring {self._path}: {kid} is the only signing key")
+        retired = SigningEntry(kid, found[0].public_pem, None, found[0].activates_at, at)
+        kept = tuple(e for e in entries if e.kid != kid)
+        self._persist(dataclasses.replace(self._material, signing=(*kept, retired)))
+
+    def changed_on_disk(self) -> bool:
+        """Whether the file was replaced since it was last read (cheap: one stat)."""
+        try:
+            return os.stat(self._path).st_mtime_ns != self._read_mtime
+        except OSError:
+            return False
 
     def _persist(self, material: _Material) -> None:
         _write_atomically(self._path, _serialise(material), overwrite=True)
         self._material = material
+        self._read_mtime = _mtime(self._path)
+
+
+def _mtime(path: Path) -> int:
+    try:
+        return os.stat(path).st_mtime_ns
+    except OSError:
+        return 0
 
 
 def _serialise(material: _Material) -> bytes:
@@ -349,11 +416,19 @@ def _serialise(material: _Material) -> bytes:
             for version, key in sorted(material.master_keys.items())
         },
         "index_key": _b64encode(material.index_key.reveal()),
-        "signing_keys": [
-            {"kid": kid, "private_key_pem": pem} for kid, pem in material.signing_keys
-        ],
+        "signing_keys": [_serialise_signing(e) for e in material.signing],
     }
     return json.dumps(document, indent=2).encode("utf-8") + b"\n"
+
+
+def _serialise_signing(entry: SigningEntry) -> dict[str, str]:
+    if entry.private_pem is None:
+        retired = entry.retired_at.isoformat() if entry.retired_at is not None else ""
+        return {"kid": entry.kid, "public_key_pem": entry.public_pem, "retired_at": retired}
+    out = {"kid": entry.kid, "private_key_pem": entry.private_pem}
+    if entry.activates_at is not None:
+        out["activates_at"] = entry.activates_at.isoformat()
+    return out
 
 
 def _write_atomically(path: Path, data: bytes, *, overwrite: bool) -> bool:
@@ -453,19 +528,53 @@ def _parse(raw: bytes, fail: _Fail) -> _Material:
     signing_entries = document.get("signing_keys")
     if not isinstance(signing_entries, list) or not signing_entries:
         raise fail('"signing_keys" must be a non-empty list')
-    signing_keys: list[tuple[str, str]] = []
-    for position, entry in enumerate(signing_entries):
-        what = f"signing key #{position}"
-        if not isinstance(entry, dict):
-            raise fail(f"{what} must be an object")
-        kid = entry.get("kid")
-        if not isinstance(kid, str) or not kid:
-            raise fail(f"{what} has no kid")
-        signing_keys.append((kid, _check_signing_pem(entry.get("private_key_pem"), fail, what)))
+    signing = tuple(
+        _parse_signing(entry, position, fail) for position, entry in enumerate(signing_entries)
+    )
+    if not any(e.private_pem is not None for e in signing):
+        raise fail('"signing_keys" holds no key that can sign')
 
-    material = _Material(development, master_keys, index_key, tuple(signing_keys))
+    material = _Material(development, master_keys, index_key, signing)
     _check_distinct(material, fail)
     return material
+
+
+def _instant(value: object, fail: _Fail, what: str) -> datetime:
+    if not isinstance(value, str):
+        raise fail(f"{what} must be an ISO 8601 time")
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise fail(f"{what} must be an ISO 8601 time") from None
+    if parsed.tzinfo is None:
+        raise fail(f"{what} must carry its time zone")
+    return parsed.astimezone(UTC)
+
+
+def _parse_signing(entry: object, position: int, fail: _Fail) -> SigningEntry:
+    what = f"signing key #{position}"
+    if not isinstance(entry, dict):
+        raise fail(f"{what} must be an object")
+    kid = entry.get("kid")
+    if not isinstance(kid, str) or not kid:
+        raise fail(f"{what} has no kid")
+    if "private_key_pem" not in entry and "public_key_pem" in entry:
+        # Retired: only the public half is kept, to verify what it signed.
+        public = entry["public_key_pem"]
+        try:
+            loaded = serialization.load_pem_public_key(str(public).encode("ascii"))
+        except (ValueError, TypeError, UnicodeEncodeError):
+            raise fail(f"{what} has no valid public key") from None
+        if not isinstance(loaded, ec.EllipticCurvePublicKey):
+            raise fail(f"{what} is not an EC P-256 public key")
+        return SigningEntry(
+            kid, str(public), None, None, _instant(entry.get("retired_at"), fail, what)
+        )
+    pem = _check_signing_pem(entry.get("private_key_pem"), fail, what)
+    activates = entry.get("activates_at")
+    return _signing_entry(
+        kid, pem, _instant(activates, fail, what) if activates is not None else None
+    )
 
 
 # --- environment ----------------------------------------------------------------------------
@@ -486,7 +595,8 @@ class EnvKeyProvider(_MaterialView, KeyProvider):
         index_key = _decode_key(_require(env, ENV_INDEX_KEY), _env_fail(ENV_INDEX_KEY), "value")
         signing_keys = _parse_env_signing_keys(_require(env, ENV_SIGNING_KEYS))
         # Never development: keys that arrive through the environment belong to a real deployment.
-        material = _Material(False, master_keys, index_key, signing_keys)
+        signing = tuple(_signing_entry(kid, pem) for kid, pem in signing_keys)
+        material = _Material(False, master_keys, index_key, signing)
         _check_distinct(material, _env_fail(f"{ENV_INDEX_KEY}/{ENV_SIGNING_KEYS}"))
         self._material = material
 

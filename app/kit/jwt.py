@@ -58,6 +58,7 @@ __all__ = [
     "VerificationKey",
     "jwks",
     "peek_unverified",
+    "public_jwk",
     "sign",
     "verify",
     "verify_signed_statement",
@@ -275,28 +276,39 @@ class SigningKey:
 
     def public_jwk(self) -> dict[str, str]:
         """The public half as a JWK for a JWKS (kty, crv, x, y, kid, alg, use)."""
-        numbers = self.private_key.public_key().public_numbers()
-        return {
-            "kty": "EC",
-            "crv": "P-256",
-            "x": _b64url_encode(numbers.x.to_bytes(32, "big")),
-            "y": _b64url_encode(numbers.y.to_bytes(32, "big")),
-            "kid": self.kid,
-            "alg": self.alg,
-            "use": "sig",
-        }
+        return _ec_jwk(self.kid, self.private_key.public_key())
 
     def verification_key(self) -> VerificationKey:
         """The matching public key, pinned to the same kid and alg."""
         return VerificationKey(kid=self.kid, alg=self.alg, public_key=self.private_key.public_key())
 
 
+def _ec_jwk(kid: str, public_key: ec.EllipticCurvePublicKey) -> dict[str, str]:
+    numbers = public_key.public_numbers()
+    return {
+        "kty": "EC",
+        "crv": "P-256",
+        "x": _b64url_encode(numbers.x.to_bytes(32, "big")),
+        "y": _b64url_encode(numbers.y.to_bytes(32, "big")),
+        "kid": kid,
+        "alg": "ES256",
+        "use": "sig",
+    }
+
+
+def public_jwk(key: VerificationKey) -> dict[str, str]:
+    """An ES256 verification key as a JWK for a JWKS."""
+    if key.alg != "ES256" or not isinstance(key.public_key, ec.EllipticCurvePublicKey):
+        raise ValueError("only ES256 keys are published")
+    return _ec_jwk(key.kid, key.public_key)
+
+
 KeyResolver: TypeAlias = Callable[[str], VerificationKey | None] | Mapping[str, VerificationKey]
 
 
-def jwks(keys: Iterable[SigningKey]) -> dict[str, list[dict[str, str]]]:
-    """A JWK Set holding the public parts of the given signing keys."""
-    entries = [key.public_jwk() for key in keys]
+def jwks(keys: Iterable[SigningKey | VerificationKey]) -> dict[str, list[dict[str, str]]]:
+    """A JWK Set holding the public parts of the given keys."""
+    entries = [k.public_jwk() if isinstance(k, SigningKey) else public_jwk(k) for k in keys]
     kids = [entry["kid"] for entry in entries]
     if len(kids) != len(set(kids)):
         # Verifiers pick a key by kid; two keys under one kid would make that choice ambiguous.

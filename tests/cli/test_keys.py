@@ -99,3 +99,30 @@ class TestMembersRemove:
         code, output = run(world, "members", "remove", "NLD", "--confirm", "NLD")
         assert code == 0, output
         assert "1 report(s) made tombstones" in output
+
+
+class TestSigningKeyCommands:
+    def test_rotation_publishes_first_and_retirement_waits_for_the_tokens(
+        self, fresh_world: World
+    ) -> None:
+        world = fresh_world
+        old = world.state.signing_key.kid
+        code, output = run(world, "keys", "rotate", "--signing")
+        assert code == 0, output
+        assert "published now" in output
+        code, output = run(world, "keys", "status", "--json")
+        states = {k["kid"]: k["state"] for k in json.loads(output)["signing_keys"]}
+        assert states[old] == "active"
+        assert sorted(states.values()) == ["active", "pending"]
+
+        # The old key still signs until the new one's time has come.
+        code, output = run(world, "keys", "retire", "--signing", old)
+        assert code == 1
+        assert "still signs" in output
+
+        code, output = run(world, "keys", "rotate", "--signing", "--activate-in", "0")
+        assert code == 0, output
+        # Tokens the old key signed may be valid for the access-token lifetime.
+        code, output = run(world, "keys", "retire", "--signing", old)
+        assert code == 1
+        assert "may be valid until" in output

@@ -189,9 +189,7 @@ class TestRewrap:
         with world.state.engine.connect() as conn:
             row = conn.execute(select(Subscription).where(Subscription.id == created["id"])).one()
             _after_cache(monkeypatch)
-            secrets = delivery.signing_secrets(
-                conn, Envelope(world.state.keys), row, utcnow()
-            )
+            secrets = delivery.signing_secrets(conn, Envelope(world.state.keys), row, utcnow())
         mapping: Any = row._mapping
         assert mapping["secret_key_version"] == 2
         assert mapping["previous_key_version"] == 2
