@@ -54,6 +54,13 @@ class Settings(BaseSettings):
     read_rate_per_minute: int = Field(default=3000, ge=1)
     write_rate_per_minute: int = Field(default=600, ge=1)
     export_rate_per_minute: int = Field(default=10, ge=1)
+    # Tokens issued per client and minute (counted once its assertion verified, so nobody can
+    # spend another client's budget), and token requests per source address and minute.
+    token_rate_per_minute: int = Field(default=60, ge=1)
+    token_address_rate_per_minute: int = Field(default=600, ge=1)
+    # Seconds a request may take before its answer starts; then 503 (streamed answers, once
+    # started, are not cut).
+    request_timeout_seconds: float = Field(default=30.0, gt=0, le=3600)
     # Webhooks. Retry delays in seconds after the first, second, ... failed attempt (each with
     # up to 20 % jitter; a longer Retry-After wins); the delivery fails after the last one.
     webhook_retry_schedule: tuple[float, ...] = (5, 300, 1800, 7200, 18000, 36000, 36000)

@@ -24,7 +24,12 @@ from app.config import Settings, get_settings
 from app.errors import ServiceUnavailable, install_handlers, problem_response, responses
 from app.members.endpoints import router as members_router
 from app.metrics import CONTENT_TYPE, exposition
-from app.middleware import BodyLimitMiddleware, MetricsMiddleware, RequestIdMiddleware
+from app.middleware import (
+    BodyLimitMiddleware,
+    DeadlineMiddleware,
+    MetricsMiddleware,
+    RequestIdMiddleware,
+)
 from app.policy.endpoints import router as policy_router
 from app.reports.endpoints import router as reports_router
 from app.search.endpoints import router as search_router
@@ -91,6 +96,7 @@ def create_app(settings: Settings | None = None, *, state: AppState | None = Non
     app.state.tearline = state
     install_handlers(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(DeadlineMiddleware, seconds=settings.request_timeout_seconds)
     # Outside the body limit, so that its 413s are counted too.
     app.add_middleware(MetricsMiddleware, metrics=state.metrics)
     app.add_middleware(RequestIdMiddleware)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 import uuid
@@ -10,7 +11,7 @@ from contextvars import ContextVar
 from starlette.routing import Match, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.errors import PayloadTooLarge, problem_response
+from app.errors import PayloadTooLarge, ServiceUnavailable, problem_response
 from app.metrics import UNMATCHED, Metrics
 
 request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
@@ -108,6 +109,54 @@ class BodyLimitMiddleware:
         err = PayloadTooLarge(f"The request body exceeds {self.max_bytes} bytes.")
         response = problem_response(err.status, err.body(), {"Connection": "close"})
         await response(scope, receive, send)
+
+
+class DeadlineMiddleware:
+    """A request whose answer has not started within `seconds` is cancelled and gets 503.
+
+    Once the answer has started (a streamed export, say) it is not cut. Cancelling stops the
+    request's own work at its next pause; a unit of work already running on a database thread
+    finishes or rolls back on its own, and either way the caller was told nothing was
+    acknowledged (a submission is safe to retry with its Idempotency-Key). A timer per request,
+    not a task: the deadline must cost next to nothing on every request.
+    """
+
+    def __init__(self, app: ASGIApp, seconds: float) -> None:
+        self.app = app
+        self.seconds = seconds
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        task = asyncio.current_task()
+        started = expired = False
+
+        def expire() -> None:
+            nonlocal expired
+            if not started and task is not None:
+                expired = True
+                task.cancel()
+
+        async def note_start(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        timer = asyncio.get_running_loop().call_later(self.seconds, expire)
+        try:
+            await self.app(scope, receive, note_start)
+        except asyncio.CancelledError:
+            if not expired or task is None:
+                raise
+            task.uncancel()
+        finally:
+            timer.cancel()
+        if expired and not started:
+            err = ServiceUnavailable(f"The request took longer than {self.seconds:g} s.")
+            response = problem_response(err.status, err.body(), {"Retry-After": "1"})
+            await response(scope, receive, send)
 
 
 def _route_template(scope: Scope) -> str:

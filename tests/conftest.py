@@ -155,7 +155,7 @@ def make_world(tmp_dir: Path, database_url: str | None = None, **settings_overri
     # Likewise the audit tree and its checkpoints (see tests/audit/conftest.py: maintain).
     settings_overrides.setdefault("audit_tree_in_serve", False)
     # The suite makes many requests per client and minute; tests of the limits set their own.
-    for family in ("read", "write", "export"):
+    for family in ("read", "write", "export", "token", "token_address"):
         settings_overrides.setdefault(f"{family}_rate_per_minute", 1_000_000)
     settings = Settings(
         env="development",

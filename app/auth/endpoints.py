@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Form, Response
+from fastapi import APIRouter, Form, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
+from app.audit import service as audit
 from app.auth.deps import StateDep
 from app.auth.scopes import ALL_SCOPES
 from app.auth.service import TokenRequestError, issue_token
@@ -65,6 +66,8 @@ def _oauth_error(exc: TokenRequestError) -> JSONResponse:
     headers = {"Cache-Control": "no-store"}
     if exc.status == 401:
         headers["WWW-Authenticate"] = 'Bearer error="invalid_client"'
+    if exc.retry_after is not None:
+        headers["Retry-After"] = str(exc.retry_after)
     return JSONResponse(
         {"error": exc.error, "error_description": exc.description},
         status_code=exc.status,
@@ -78,12 +81,18 @@ def _oauth_error(exc: TokenRequestError) -> JSONResponse:
     responses={
         400: {"model": OAuthError, "description": "Invalid request, grant or scope"},
         401: {"model": OAuthError, "description": "Client authentication failed"},
+        429: {
+            "model": OAuthError,
+            "description": "Too many token requests from this address, or tokens for this "
+            "client (`slow_down`); see Retry-After",
+        },
         # What the framework refuses before the endpoint runs (a body over the limit, a form it
         # cannot parse, a file where a field belongs) is a problem document, as on every route.
         **responses(413, 422),
     },
 )
 async def token(
+    request: Request,
     response: Response,
     state: StateDep,
     # Lengths are not limited here: an oversized assertion must get the same invalid_client
@@ -94,6 +103,17 @@ async def token(
     scope: Annotated[str | None, Form()] = None,
 ) -> TokenResponse | JSONResponse:
     """Exchange a `private_key_jwt` client assertion (RFC 7523) for an access token."""
+    address = request.client.host if request.client is not None else "unknown"
+    wait = state.route_limits.token_addresses.acquire(address)
+    if wait is not None:
+        refusal = audit.Entry(
+            action="rate.limit",
+            decision="deny",
+            target="route:POST /v1/auth/token",
+            reasons=("family:token_address",),
+        )
+        await state.audit_log.append(audit.ANONYMOUS, [refusal])
+        return _oauth_error(TokenRequestError("slow_down", "rate_limited", 429, wait))
     try:
         issued = await state.db.run(
             lambda session: issue_token(
@@ -105,6 +125,7 @@ async def token(
                 issuer=state.issuer,
                 signing_key=state.signing_key,
                 ttl=state.settings.access_token_ttl,
+                within_rate=state.route_limits.tokens.acquire,
             ),
         )
     except TokenRequestError as exc:

@@ -1,8 +1,9 @@
-"""Rate limits per client and route family: reads, writes and audit exports.
+"""Rate limits per client and route family: reads, writes, audit exports and tokens.
 
 Searches have their own limit (`search/endpoints.py`). Each family is a token bucket per client
 and per process (`kit/ratelimit.py`): with several API processes behind a balancer a client
-gets up to that many times the rate.
+gets up to that many times the rate. The token endpoint has two: tokens issued per client
+(counted after its assertion verified) and requests per source address (counted first).
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ class RouteLimits:
     reads: RateLimiter
     writes: RateLimiter
     exports: RateLimiter
+    tokens: RateLimiter
+    token_addresses: RateLimiter
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RouteLimits:
@@ -30,6 +33,8 @@ class RouteLimits:
             reads=RateLimiter(settings.read_rate_per_minute),
             writes=RateLimiter(settings.write_rate_per_minute),
             exports=RateLimiter(settings.export_rate_per_minute),
+            tokens=RateLimiter(settings.token_rate_per_minute),
+            token_addresses=RateLimiter(settings.token_address_rate_per_minute),
         )
 
     def family(self, method: str, path: str) -> tuple[str, RateLimiter] | None:

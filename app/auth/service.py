@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -26,11 +27,14 @@ CLIENT_ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 class TokenRequestError(Exception):
     """An RFC 6749 §5.2 error; `reason` is for the audit entry only, never for the client."""
 
-    def __init__(self, error: str, reason: str, status: int = 400) -> None:
+    def __init__(
+        self, error: str, reason: str, status: int = 400, retry_after: int | None = None
+    ) -> None:
         super().__init__(error)
         self.error = error
         self.reason = reason
         self.status = status
+        self.retry_after = retry_after
 
     @property
     def description(self) -> str:
@@ -39,6 +43,7 @@ class TokenRequestError(Exception):
             "invalid_grant": "The grant is not valid.",
             "invalid_scope": "The requested scope is not allowed for this client.",
             "unsupported_grant_type": "Only client_credentials is supported.",
+            "slow_down": "This client asked for tokens too often; retry later.",
             "invalid_request": "The request is missing a required parameter.",
         }.get(self.error, "The request was refused.")
 
@@ -150,6 +155,7 @@ def issue_token(
     issuer: str,
     signing_key: SigningKey,
     ttl: int,
+    within_rate: Callable[[str], int | None] | None = None,
 ) -> IssuedToken:
     """Verify a client assertion and issue an access token; every outcome is audited."""
     client_id: str | None = None
@@ -190,6 +196,11 @@ def issue_token(
         except TokenError as exc:
             raise TokenRequestError("invalid_client", f"assertion:{exc.reason}", 401) from exc
         client_id = client.id
+        # Counted only now that the assertion verified: a stranger naming this client cannot
+        # spend its budget. The assertion is not consumed, so it may be sent again.
+        wait = within_rate(client.id) if within_rate is not None else None
+        if wait is not None:
+            raise TokenRequestError("slow_down", "rate_limited", 429, retry_after=wait)
         granted = _granted_scopes(list(client.scopes), requested_scope)
         _consume_jti(session, client.id, claims)
         now = int(datetime.now(UTC).timestamp())
