@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -33,8 +32,12 @@ def _set_active(policies: Path, code: str, active: bool) -> None:
 
 
 def _reload(world: World) -> None:
-    outcome = asyncio.run(world.state.reloader.reload(audit.OPERATOR))
+    """Put the bundle on disk in force, in the app's own event loop, and wait for re-decision."""
+    portal = world.http.portal
+    assert portal is not None
+    outcome = portal.call(world.state.reloader.reload, audit.OPERATOR)
     assert outcome.changed
+    portal.call(world.state.redecider.wait)
 
 
 def _copies(world: World, code: str) -> list[dict[str, Any]]:
