@@ -81,7 +81,9 @@ def crash(backend: str, args: argparse.Namespace) -> bool:
             print(
                 f"  {backend} crash: {len(submitter.acknowledged)}/{len(keys)} acknowledged in "
                 f"{took:.1f} s, {args.kills} kills (restart {min(restarts, default=0):.1f}-"
-                f"{max(restarts, default=0):.1f} s), answers {dict(statuses)}"
+                f"{max(restarts, default=0):.1f} s), answers {dict(statuses)}, "
+                f"{submitter.transport_errors} dropped connections, {submitter.replays} replays "
+                "(committed before the kill, answered on retry)"
             )
             ok = len(submitter.acknowledged) == len(keys) and not submitter.problems
             _check_every_acknowledged_report(server, submitter, "USA")

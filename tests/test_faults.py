@@ -134,6 +134,9 @@ class Submitter:
     token: str
     acknowledged: dict[str, str] = field(default_factory=dict)  # key -> report id
     answers: list[int] = field(default_factory=list)
+    # Submissions answered as replays: committed by an earlier attempt whose answer was lost.
+    replays: int = 0
+    transport_errors: int = 0
     problems: list[str] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -150,6 +153,8 @@ class Submitter:
                     f"{self.base}/v1/reports", content=body, headers=headers, timeout=10
                 )
             except httpx.TransportError:
+                with self.lock:
+                    self.transport_errors += 1
                 time.sleep(0.05)  # the server is gone: retry the same key
                 continue
             with self.lock:
@@ -157,6 +162,7 @@ class Submitter:
             if response.status_code in (200, 201):
                 with self.lock:
                     self.acknowledged[key] = response.json()["id"]
+                    self.replays += response.headers.get("idempotent-replayed") == "true"
                 return
             if response.status_code == 503:
                 assert response.headers["content-type"].startswith("application/problem+json")
