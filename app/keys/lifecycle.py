@@ -11,7 +11,7 @@ a version once nothing uses it any more.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import cast
 
 from sqlalchemy import ColumnElement, Connection, Table, and_, func, or_, select, update
@@ -21,13 +21,15 @@ from app.audit import service as audit
 from app.db import utcnow
 from app.keys.models import MemberKey
 from app.keys.provider import KeyProvider
-from app.keys.service import Envelope, data_key_aad, member_key_aad
+from app.keys.service import CURRENT_VERSION_TTL, Envelope, data_key_aad, member_key_aad
 from app.kit import crypto
 from app.reports.models import ReportKey
 from app.webhooks.delivery import secret_aad
 from app.webhooks.models import Subscription
 
 REWRAP_BATCH = 500
+# Beyond the processes' cache of the current version: for a write that began just before.
+RETIRE_MARGIN_SECONDS = 5
 
 _key_table = cast(Table, ReportKey.__table__)
 _sub_table = cast(Table, Subscription.__table__)
@@ -397,6 +399,18 @@ def retire_member_version(session: Session, member: str, version: int) -> None:
         raise KeyLifecycleError(f"key version {version} of {member} is already destroyed")
     if current == version:
         raise KeyLifecycleError(f"key version {version} of {member} is current; rotate first")
+    # A process may go on wrapping new data keys with the version it read as current for up to
+    # CURRENT_VERSION_TTL seconds after a rotation; destroying it before that could lose them.
+    successor = session.get(MemberKey, (member, version + 1))
+    if successor is not None:
+        superseded = successor.created_at
+        settled = superseded + timedelta(seconds=CURRENT_VERSION_TTL + RETIRE_MARGIN_SECONDS)
+        if settled > utcnow():
+            raise KeyLifecycleError(
+                f"key version {version} of {member} was current until {superseded.isoformat()}; "
+                f"writes may still use it: retire it after {settled.isoformat()}, once "
+                "`tearline keys rewrap` has run"
+            )
     data_keys = conn.scalar(
         select(func.count()).where(
             _keys.key_member == member,

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 from pathlib import Path
 
+import pytest
 from sqlalchemy import select
 
+from app.db import utcnow
+from app.keys import lifecycle
 from app.keys.models import MemberKey
 from app.reports.models import ReportKey
 from tests.cli.test_search import run
@@ -22,7 +26,9 @@ def _versions(world: World, member: str) -> set[int]:
 
 
 class TestKeysCommands:
-    def test_rotate_rewrap_retire_from_the_command_line(self, fresh_world: World) -> None:
+    def test_rotate_rewrap_retire_from_the_command_line(
+        self, fresh_world: World, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
         world = fresh_world
         world.submit("DEU")
         world.submit("DEU")
@@ -44,6 +50,9 @@ class TestKeysCommands:
         assert "2 data key(s)" in output
         assert _versions(world, "DEU") == {2}
 
+        # Past the seconds in which API processes may still wrap with the old version.
+        later = utcnow() + timedelta(seconds=lifecycle.CURRENT_VERSION_TTL + 10)
+        monkeypatch.setattr(lifecycle, "utcnow", lambda: later)
         code, output = run(world, "keys", "retire", "--member", "DEU", "--version", "1")
         assert code == 0, output
         with world.state.engine.connect() as conn:

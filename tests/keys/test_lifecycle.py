@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -233,13 +234,31 @@ class TestRewrap:
         assert len(key.reveal()) == 32
 
 
+def _past_the_window(monkeypatch: pytest.MonkeyPatch) -> None:
+    """As if the seconds in which writes may still use a superseded version were over."""
+    later = utcnow() + timedelta(seconds=lifecycle.CURRENT_VERSION_TTL + 10)
+    monkeypatch.setattr(lifecycle, "utcnow", lambda: later)
+
+
 class TestRetirement:
-    def test_a_version_still_in_use_is_refused_and_an_unused_one_destroyed(
+    def test_a_version_just_superseded_is_refused_while_writes_may_still_use_it(
         self, fresh_world: World
+    ) -> None:
+        world = fresh_world
+        _rotate(world, "DEU")
+        with (
+            pytest.raises(lifecycle.KeyLifecycleError, match="writes may still use it"),
+            world.state.sessionmaker.begin() as session,
+        ):
+            lifecycle.retire_member_version(session, "DEU", 1)
+
+    def test_a_version_still_in_use_is_refused_and_an_unused_one_destroyed(
+        self, fresh_world: World, monkeypatch: pytest.MonkeyPatch
     ) -> None:
         world = fresh_world
         world.submit("DEU")
         _rotate(world, "DEU")
+        _past_the_window(monkeypatch)
         with (
             pytest.raises(lifecycle.KeyLifecycleError, match="rewrap"),
             world.state.sessionmaker.begin() as session,
