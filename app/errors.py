@@ -11,7 +11,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
-from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -170,6 +170,28 @@ def _safe_errors(errors: Sequence[Any]) -> list[dict[str, Any]]:
     ]
 
 
+# PostgreSQL SQLSTATE classes of an unavailable server: connection exceptions (08), operator
+# intervention such as a shutdown or "cannot connect now" (57P), insufficient resources (53).
+_UNAVAILABLE_STATES = ("08", "57P", "53")
+_SQLITE_BUSY = ("database is locked", "database is busy")
+
+
+def database_unavailable(exc: BaseException) -> bool:
+    """Whether a database error means "not available now" rather than a fault to fix."""
+    if isinstance(exc, PoolTimeout):
+        return True
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return True
+    orig = getattr(exc, "orig", None)
+    state = getattr(orig, "sqlstate", None)
+    if isinstance(state, str):
+        return state.startswith(_UNAVAILABLE_STATES)
+    if orig is not None and type(orig).__module__.startswith("psycopg"):
+        # No SQLSTATE: the server never answered (refused, reset, unreachable).
+        return True
+    return isinstance(exc, OperationalError) and any(text in str(orig) for text in _SQLITE_BUSY)
+
+
 def install_handlers(app: FastAPI) -> None:
     """Render every error, ours or the framework's, as problem+json."""
 
@@ -202,9 +224,14 @@ def install_handlers(app: FastAPI) -> None:
     @app.exception_handler(InterfaceError)
     @app.exception_handler(PoolTimeout)
     async def _database_down(_: Request, exc: Exception) -> JSONResponse:
-        # The database is unreachable, restarting or overloaded: nothing was committed (a write
-        # is acknowledged only after its commit), so the client may retry, with the same
-        # Idempotency-Key for a submission. The pool replaces dead connections by itself.
+        if not database_unavailable(exc):
+            # A fault of ours that the driver happens to class as operational ("no such
+            # table", a statement cancelled): a 500, not an invitation to retry.
+            log.error("unhandled error", extra={"error_type": type(exc).__name__})
+            return problem_response(500, AppError().body())
+        # The database is unreachable, restarting, busy or out of connections: the client may
+        # retry, with the same Idempotency-Key for a submission. The pool replaces dead
+        # connections by itself.
         log.warning("database unavailable", extra={"error_type": type(exc).__name__})
         err = ServiceUnavailable("The database is not available; retry shortly.")
         return problem_response(err.status, err.body(), {"Retry-After": "1"})

@@ -148,9 +148,9 @@ class DeadlineMiddleware:
         try:
             await self.app(scope, receive, note_start)
         except asyncio.CancelledError:
-            if not expired or task is None:
+            # Ours only if the timer fired, and no one else (a shutdown) cancelled too.
+            if not expired or task is None or task.uncancel() > 0:
                 raise
-            task.uncancel()
         finally:
             timer.cancel()
         if expired and not started:

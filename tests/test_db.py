@@ -168,13 +168,17 @@ class TestPrepared:
     def test_a_driver_error_arrives_as_a_dbapi_error_and_writes_nothing(
         self, fresh_world: World
     ) -> None:
-        rows = [audit_service.row(audit_service.OPERATOR, audit_service.Entry("test.db", "allow"))]
-        leaf = {**rows[0], "id": 10**9, "leaf_hash": b"\0" * 32}
-        # The read engine refuses writes; the refusal is the driver's, wrapped as SQLAlchemy's.
-        with pytest.raises(DBAPIError) as caught, fresh_world.state.db.read_engine.connect() as c:
-            audit_service._INSERT.run(c, [leaf])
+        entry = audit_service.Entry("test.db", "allow")
+        rows = [audit_service.row(audit_service.OPERATOR, entry) for _ in range(2)]
+        # The second row takes an index that exists: the whole insert is refused by the
+        # database (the driver's error, wrapped as SQLAlchemy's), and its transaction with it.
+        leaves = [{**r, "id": 10**9 + i, "leaf_hash": b"\0" * 32} for i, r in enumerate(rows)]
+        leaves[1]["id"] = 0
+        engine = fresh_world.state.db.engine
+        with pytest.raises(DBAPIError) as caught, engine.begin() as conn:
+            audit_service._INSERT.run(conn, leaves)
         assert not caught.value.connection_invalidated
-        with fresh_world.state.db.engine.connect() as conn:
+        with engine.connect() as conn:
             count = conn.execute(text("SELECT count(*) FROM audit_entries WHERE id = 1000000000"))
             assert count.scalar() == 0
 

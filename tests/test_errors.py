@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import uuid
 from collections.abc import Iterator
 from typing import Any
 
+import psycopg
 import pytest
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import text
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from app.db import transaction
+from app.errors import database_unavailable
 from tests.conftest import World, report_body
 
 PROBLEM = "application/problem+json"
@@ -448,3 +453,37 @@ class TestArbitraryJson:
         assert response.status_code < 500, response.text
         if response.status_code >= 400:
             assert response.headers["content-type"] == PROBLEM
+
+
+class TestDatabaseUnavailable:
+    """Only "not available now" becomes a 503 to retry; a fault of ours stays a 500."""
+
+    @staticmethod
+    def _operational(orig: BaseException) -> OperationalError:
+        return OperationalError("SELECT 1", None, orig)
+
+    def test_a_busy_sqlite_database_is_unavailable(self) -> None:
+        assert database_unavailable(
+            self._operational(sqlite3.OperationalError("database is locked"))
+        )
+
+    def test_a_missing_table_is_a_fault_not_an_outage(self) -> None:
+        missing = self._operational(sqlite3.OperationalError("no such table: reports"))
+        assert not database_unavailable(missing)
+
+    def test_an_exhausted_pool_is_unavailable(self) -> None:
+        assert database_unavailable(PoolTimeout("QueuePool limit reached"))
+
+    def test_postgresql_sqlstates_decide(self) -> None:
+        class Shutdown(psycopg.errors.AdminShutdown):
+            pass
+
+        class Cancelled(psycopg.errors.QueryCanceled):
+            pass
+
+        assert database_unavailable(self._operational(Shutdown("terminating connection")))
+        assert not database_unavailable(self._operational(Cancelled("canceling statement")))
+
+    def test_a_refused_connection_without_sqlstate_is_unavailable(self) -> None:
+        refused = psycopg.OperationalError("connection refused")
+        assert database_unavailable(self._operational(refused))

@@ -104,8 +104,12 @@ async def token(
 ) -> TokenResponse | JSONResponse:
     """Exchange a `private_key_jwt` client assertion (RFC 7523) for an access token."""
     address = request.client.host if request.client is not None else "unknown"
-    wait = state.route_limits.token_addresses.acquire(address)
+    limiter = state.route_limits.token_addresses
+    wait = limiter.acquire(address)
     if wait is not None:
+        if not limiter.first_refusal(address):
+            # A flood from one address is on record once a minute, not once a request.
+            return _oauth_error(TokenRequestError("slow_down", "rate_limited", 429, wait))
         refusal = audit.Entry(
             action="rate.limit",
             decision="deny",

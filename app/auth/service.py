@@ -196,13 +196,14 @@ def issue_token(
         except TokenError as exc:
             raise TokenRequestError("invalid_client", f"assertion:{exc.reason}", 401) from exc
         client_id = client.id
-        # Counted only now that the assertion verified: a stranger naming this client cannot
-        # spend its budget. The assertion is not consumed, so it may be sent again.
+        granted = _granted_scopes(list(client.scopes), requested_scope)
+        _consume_jti(session, client.id, claims)
+        # Counted only now that the assertion verified and was unused: neither a stranger
+        # naming this client nor a replayed assertion can spend its budget. A refusal rolls the
+        # transaction back, so the assertion may be sent again.
         wait = within_rate(client.id) if within_rate is not None else None
         if wait is not None:
             raise TokenRequestError("slow_down", "rate_limited", 429, retry_after=wait)
-        granted = _granted_scopes(list(client.scopes), requested_scope)
-        _consume_jti(session, client.id, claims)
         now = int(datetime.now(UTC).timestamp())
         token_claims = {
             "iss": issuer,

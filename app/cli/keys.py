@@ -205,7 +205,8 @@ def rotate(
     if signing:
         keyring = _local(settings, "rotating the signing key")
         activates_at = utcnow() + timedelta(seconds=activate_in)
-        kid = keyring.add_signing_key(activates_at)
+        kid, pem = keyring.new_signing_key()
+        # Recorded first: a rotation that cannot be audited does not happen.
         with session_scope(settings) as session:
             audit.record(
                 session,
@@ -217,6 +218,7 @@ def rotate(
                     reasons=(f"kid:{kid}", f"activates_at:{activates_at.isoformat()}"),
                 ),
             )
+        keyring.add_signing_key(activates_at, (kid, pem))
         typer.echo(f"signing key {kid} published now; it signs from {activates_at.isoformat()}")
     if master:
         keyring = _local(settings, "rotating the master key")

@@ -289,14 +289,15 @@ def rewrap_data_keys(
     done, refused = 0, set()
     for report_id, version, member, old_version, wrapped in rows:
         aad = data_key_aad(report_id, version, member)
+        new_version = current[member]
         try:
             key = crypto.unwrap_key(envelope.member_key(conn, member, old_version), wrapped, aad)
+            new_kek = envelope.member_key(conn, member, new_version)
         except crypto.CorruptionError:
-            # Left as it is for the operator to see in `keys status`; a re-wrap never loses one.
+            # Corrupted, or its member removed meanwhile: left as it is for the operator to see
+            # in `keys status`; a re-wrap never loses one.
             refused.add((report_id, version))
             continue
-        new_version = current[member]
-        new_kek = envelope.member_key(conn, member, new_version)
         conn.execute(
             update(_key_table)
             .where(
@@ -391,8 +392,10 @@ def rewrap_secrets(
 def retire_member_version(session: Session, member: str, version: int) -> None:
     """Destroy an old member key version once nothing is wrapped by it any more."""
     conn = session.connection()
+    # Locked before anything is counted: a writer wrapping with this version holds it FOR
+    # SHARE (Envelope._key_for_writing), so its key is either counted here or never written.
+    row = session.get(MemberKey, (member, version), with_for_update=True)
     current = current_versions(conn).get(member)
-    row = session.get(MemberKey, (member, version))
     if row is None:
         raise KeyLifecycleError(f"member {member} has no key version {version}")
     if row.wrapped_key is None:

@@ -22,12 +22,13 @@ import base64
 import binascii
 import contextlib
 import dataclasses
+import fcntl
 import hashlib
 import json
 import os
 import secrets
 import stat
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -342,57 +343,68 @@ class LocalKeyring(_MaterialView, KeyProvider):
     def rotate_master(self) -> int:
         """Add a new master key version, persist it, and return the new (now current) version."""
         # Start from the file, not memory, so a rotation done elsewhere is not overwritten.
-        self.reload()
-        version = self.current_master_version() + 1
-        self._persist(self._material.with_master_key(version, crypto.new_key()))
-        return version
+        with _exclusive(self._path):
+            self.reload()
+            version = self.current_master_version() + 1
+            self._persist(self._material.with_master_key(version, crypto.new_key()))
+            return version
 
     def remove_master(self, version: int) -> None:
         """Delete master key `version` from the file (never the current one). The caller checks
         first that no member key is wrapped by it any more: what it wraps would be lost."""
-        self.reload()
-        if version == self.current_master_version():
-            raise KeyringError(f"keyring {self._path}: master key {version} is the current one")
-        if version not in self._material.master_keys:
-            raise KeyringError(f"keyring {self._path}: no master key version {version}")
-        kept = {v: k for v, k in self._material.master_keys.items() if v != version}
-        self._persist(dataclasses.replace(self._material, master_keys=kept))
+        with _exclusive(self._path):
+            self.reload()
+            if version == self.current_master_version():
+                raise KeyringError(f"keyring {self._path}: master key {version} is the current one")
+            if version not in self._material.master_keys:
+                raise KeyringError(f"keyring {self._path}: no master key version {version}")
+            kept = {v: k for v, k in self._material.master_keys.items() if v != version}
+            self._persist(dataclasses.replace(self._material, master_keys=kept))
 
     def rotate_index_key(self, key: SecretBytes | None = None) -> None:
         """Replace the blind-index key (by `key`, or a fresh one) and persist it. The index must
         then be rebuilt (`tearline search reindex`): rows of the old key are no longer found."""
-        self.reload()
-        material = self._material.with_index_key(key or crypto.new_key())
-        _check_distinct(material, lambda reason: KeyringError(f"keyring {self._path}: {reason}"))
-        self._persist(material)
+        with _exclusive(self._path):
+            self.reload()
+            material = self._material.with_index_key(key or crypto.new_key())
+            _check_distinct(
+                material, lambda reason: KeyringError(f"keyring {self._path}: {reason}")
+            )
+            self._persist(material)
 
-    def add_signing_key(self, activates_at: datetime | None = None) -> str:
-        """Add a new ES256 signing key, persist it, and return its kid. It is published at once
-        and signs from `activates_at` on (None: at once)."""
-        self.reload()
-        kid, pem = _new_signing_key()
-        self._persist(self._material.with_signing_key(_signing_entry(kid, pem, activates_at)))
-        return kid
+    @staticmethod
+    def new_signing_key() -> tuple[str, str]:
+        """A fresh ES256 key: (kid, PKCS#8 PEM), for `add_signing_key`."""
+        return _new_signing_key()
+
+    def add_signing_key(
+        self, activates_at: datetime | None = None, key: tuple[str, str] | None = None
+    ) -> str:
+        """Add a new ES256 signing key (`key`, or a fresh one), persist it, and return its kid.
+        It is published at once and signs from `activates_at` on (None: at once)."""
+        with _exclusive(self._path):
+            self.reload()
+            kid, pem = key or _new_signing_key()
+            self._persist(self._material.with_signing_key(_signing_entry(kid, pem, activates_at)))
+            return kid
 
     def retire_signing_key(self, kid: str, at: datetime) -> None:
         """Delete the private half of signing key `kid`; its public half stays published."""
-        self.reload()
-        entries = list(self._material.signing)
-        found = [e for e in entries if e.kid == kid and e.private_pem is not None]
-        if not found:
-            raise KeyringError(f"keyring {self._path}: no usable signing key {kid}")
-        if len([e for e in entries if e.private_pem is not None]) == 1:
-            raise KeyringError(f"keyring {self._path}: {kid} is the only signing key")
-        retired = SigningEntry(kid, found[0].public_pem, None, found[0].activates_at, at)
-        kept = tuple(e for e in entries if e.kid != kid)
-        self._persist(dataclasses.replace(self._material, signing=(*kept, retired)))
+        with _exclusive(self._path):
+            self.reload()
+            entries = list(self._material.signing)
+            found = [e for e in entries if e.kid == kid and e.private_pem is not None]
+            if not found:
+                raise KeyringError(f"keyring {self._path}: no usable signing key {kid}")
+            if len([e for e in entries if e.private_pem is not None]) == 1:
+                raise KeyringError(f"keyring {self._path}: {kid} is the only signing key")
+            retired = SigningEntry(kid, found[0].public_pem, None, found[0].activates_at, at)
+            kept = tuple(e for e in entries if e.kid != kid)
+            self._persist(dataclasses.replace(self._material, signing=(*kept, retired)))
 
     def changed_on_disk(self) -> bool:
         """Whether the file was replaced since it was last read (cheap: one stat)."""
-        try:
-            return os.stat(self._path).st_mtime_ns != self._read_mtime
-        except OSError:
-            return False
+        return _mtime(self._path) not in ((0, 0, 0), self._read_mtime)
 
     def _persist(self, material: _Material) -> None:
         _write_atomically(self._path, _serialise(material), overwrite=True)
@@ -400,11 +412,25 @@ class LocalKeyring(_MaterialView, KeyProvider):
         self._read_mtime = _mtime(self._path)
 
 
-def _mtime(path: Path) -> int:
+def _mtime(path: Path) -> tuple[int, int, int]:
+    """What identifies one version of the file: a replaced file has a new inode."""
     try:
-        return os.stat(path).st_mtime_ns
+        info = os.stat(path)
     except OSError:
-        return 0
+        return (0, 0, 0)
+    return (info.st_ino, info.st_mtime_ns, info.st_size)
+
+
+@contextlib.contextmanager
+def _exclusive(path: Path) -> Iterator[None]:
+    """One change to the keyring at a time, across processes (an advisory lock beside it):
+    two rotations at once must not write over each other's new key."""
+    fd = os.open(path.with_name(f".{path.name}.lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def _serialise(material: _Material) -> bytes:

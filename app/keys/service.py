@@ -6,9 +6,10 @@ import threading
 import time
 from dataclasses import dataclass
 
-from sqlalchemy import Connection, func, select
+from sqlalchemy import Connection, bindparam, func, select
 from sqlalchemy.orm import Session
 
+from app.db import Prepared
 from app.keys.models import MemberKey
 from app.keys.provider import KeyProvider
 from app.kit import crypto
@@ -17,6 +18,8 @@ from app.kit.crypto import CorruptionError, SecretBytes
 # Seconds a process goes by what it read of the member keys: which version is current, and
 # that a version it unwrapped still exists.
 CURRENT_VERSION_TTL = 10.0
+# The clock of the caches, a name of its own so that tests can move it alone.
+_monotonic = time.monotonic
 
 
 class KeyDestroyed(CorruptionError):
@@ -45,6 +48,17 @@ def data_key_aad(report_id: str, version: int, originator: str) -> bytes:
 def field_aad(report_id: str, version: int, originator: str, field: str) -> bytes:
     """Associated data binding a field's ciphertext to its table, report, version and field."""
     return crypto.associated_data("report_versions", report_id, version, originator, field)
+
+
+_HELD = Prepared(
+    select(MemberKey.version)
+    .where(
+        MemberKey.member_code == bindparam("member"),
+        MemberKey.version == bindparam("version"),
+        MemberKey.wrapped_key.is_not(None),
+    )
+    .with_for_update(read=True)
+)
 
 
 class Envelope:
@@ -78,7 +92,7 @@ class Envelope:
     def _member_key(
         self, conn: Connection, member: str, version: int | None
     ) -> tuple[int, SecretBytes]:
-        now = time.monotonic()
+        now = _monotonic()
         if version is None:
             # Which version is current is looked up at most every few seconds per process: a
             # rotation made elsewhere reaches new writes within that time (the older version
@@ -121,11 +135,32 @@ class Envelope:
         """Member key `version` of `member`, unwrapped; KeyDestroyed if it is gone."""
         return self._member_key(conn, member, version)[1]
 
+    def _key_for_writing(self, conn: Connection, member: str) -> tuple[int, SecretBytes]:
+        """The member's current key, held for this transaction (shared row lock).
+
+        A version taken from the per-process cache may have been retired, or the member
+        removed, a moment ago: what it wraps now would be lost. The writer locks the row it
+        wraps with (FOR SHARE), and retirement and removal lock it FOR UPDATE before they count
+        and destroy, so either the writer waits and then finds it destroyed, or the destroyer
+        waits and then counts the writer's key. On SQLite the one writer serialises them.
+        """
+        for attempt in range(2):
+            key_version, kek = self._member_key(conn, member, None)
+            if _HELD.first(conn, {"member": member, "version": key_version}) is not None:
+                return key_version, kek
+            # Destroyed since it was cached: forget what this process believed and look again.
+            with self._lock:
+                self._current.pop(member, None)
+                self._member_keys.pop((member, key_version), None)
+            if attempt:
+                break
+        raise KeyDestroyed(f"no live key for member {member}")
+
     def new_data_key(
         self, conn: Connection, report_id: str, version: int, originator: str
     ) -> DataKey:
         """A fresh data key for one report version, wrapped by the originator's current key."""
-        key_version, kek = self._member_key(conn, originator, None)
+        key_version, kek = self._key_for_writing(conn, originator)
         key = crypto.new_key()
         wrapped = crypto.wrap_key(kek, key, data_key_aad(report_id, version, originator))
         return DataKey(key=key, wrapped=wrapped, member=originator, member_key_version=key_version)
@@ -150,7 +185,7 @@ class Envelope:
         self, conn: Connection, member: str, secret: SecretBytes, aad: bytes
     ) -> tuple[int, bytes]:
         """Encrypt a member's own secret (a webhook signing secret) under its current key."""
-        key_version, kek = self._member_key(conn, member, None)
+        key_version, kek = self._key_for_writing(conn, member)
         return key_version, crypto.wrap_key(kek, secret, aad)
 
     def open_secret(

@@ -52,6 +52,17 @@ def remove(session: Session, bundle: PolicyBundle, code: str) -> Removal:
             f"{code} is an active member of the roster in force; drop it from roster.yaml (or "
             "mark it inactive) and reload the policy first"
         )
+    if member.active and member.removed_at is None:
+        raise RemovalError(
+            f"{code} is still active in the database: reload the policy (SIGHUP or "
+            "POST /v1/policy/reload) so that the roster in force suspends it first"
+        )
+    # Every key version locked before it is destroyed: a submission wrapping with one holds it
+    # FOR SHARE, so it commits first (and its report is made a tombstone below) or finds the
+    # key gone.
+    session.execute(
+        select(MemberKey.version).where(MemberKey.member_code == code).with_for_update()
+    ).all()
     now = utcnow()
     already = member.removed_at is not None
     member.active, member.updated_at = False, now

@@ -43,16 +43,19 @@ class TestKeysCommands:
 
         code, output = run(world, "keys", "retire", "--member", "DEU", "--version", "1")
         assert code == 1
-        assert "rewrap" in output
+        assert "writes may still use it" in output
+        # Past the seconds in which API processes may still wrap with the old version.
+        later = utcnow() + timedelta(seconds=lifecycle.CURRENT_VERSION_TTL + 10)
+        monkeypatch.setattr(lifecycle, "utcnow", lambda: later)
+        code, output = run(world, "keys", "retire", "--member", "DEU", "--version", "1")
+        assert code == 1
+        assert "still wraps 2 data key(s)" in output
 
         code, output = run(world, "keys", "rewrap", "--batch", "1")
         assert code == 0, output
         assert "2 data key(s)" in output
         assert _versions(world, "DEU") == {2}
 
-        # Past the seconds in which API processes may still wrap with the old version.
-        later = utcnow() + timedelta(seconds=lifecycle.CURRENT_VERSION_TTL + 10)
-        monkeypatch.setattr(lifecycle, "utcnow", lambda: later)
         code, output = run(world, "keys", "retire", "--member", "DEU", "--version", "1")
         assert code == 0, output
         with world.state.engine.connect() as conn:

@@ -90,8 +90,8 @@ def _status(world: World) -> lifecycle.KeyStatus:
 
 def _after_cache(monkeypatch: pytest.MonkeyPatch) -> None:
     """As if the few seconds a process trusts its key cache were over."""
-    later = key_service.time.monotonic() + key_service.CURRENT_VERSION_TTL + 1
-    monkeypatch.setattr(key_service.time, "monotonic", lambda: later)
+    later = key_service._monotonic() + key_service.CURRENT_VERSION_TTL + 1
+    monkeypatch.setattr(key_service, "_monotonic", lambda: later)
 
 
 class TestRotation:
@@ -295,3 +295,21 @@ class TestStatus:
         [deu] = [k for k in _status(world).member_keys if k.member == "DEU"]
         assert (deu.version, deu.current, deu.data_keys, deu.secrets) == (1, True, 3, 1)
         assert [m.version for m in _status(world).masters if m.current] == [1]
+
+
+class TestWritersAndRetirement:
+    def test_a_writer_holding_a_retired_version_in_its_cache_wraps_with_the_current_one(
+        self, fresh_world: World, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        world = fresh_world
+        world.submit("DEU")  # the process now has version 1 cached as current
+        _rotate(world, "DEU")
+        _rewrap_all(world)
+        _past_the_window(monkeypatch)
+        with world.state.sessionmaker.begin() as session:
+            lifecycle.retire_member_version(session, "DEU", 1)
+        # Within the cache's seconds the process still believes version 1 is current.
+        report = world.submit("DEU")["id"]
+        versions = {r[0]: r[2] for r in _keys_of(world, "DEU")}
+        assert versions[report] == 2
+        assert world.get("ITA", report).status_code == 200

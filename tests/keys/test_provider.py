@@ -87,7 +87,13 @@ class TestLocalKeyringCreate:
 
     def test_leaves_no_temporary_files(self, keyring: LocalKeyring) -> None:
         keyring.rotate_master()
-        assert [p.name for p in keyring.path.parent.iterdir()] == [KEYRING_FILENAME]
+        # The keyring, and the empty file its writers lock (mode 0600) so that two changes
+        # never write over each other.
+        names = sorted(p.name for p in keyring.path.parent.iterdir())
+        assert names == [f".{KEYRING_FILENAME}.lock", KEYRING_FILENAME]
+        lock = keyring.path.parent / f".{KEYRING_FILENAME}.lock"
+        assert lock.stat().st_size == 0
+        assert lock.stat().st_mode & 0o077 == 0
 
     def test_refuses_existing_keyring_of_the_other_kind(self, tmp_path: Path) -> None:
         LocalKeyring.create(tmp_path, development=True)

@@ -34,8 +34,8 @@ def _published(world: World) -> list[str]:
 
 def _later(monkeypatch: pytest.MonkeyPatch) -> None:
     """As if the few seconds between two looks at the keyring file were over."""
-    moment = signing.time.monotonic() + signing.RECHECK_SECONDS + 1
-    monkeypatch.setattr(signing.time, "monotonic", lambda: moment)
+    moment = signing._monotonic() + signing.RECHECK_SECONDS + 1
+    monkeypatch.setattr(signing, "_monotonic", lambda: moment)
 
 
 class TestRotation:
@@ -112,3 +112,47 @@ class TestRetirement:
         keyring = _keyring(fresh_world)
         with pytest.raises(Exception, match="only signing key"):
             keyring.retire_signing_key(fresh_world.state.signing_key.kid, utcnow())
+
+
+class TestRetiredKeys:
+    def test_a_token_signed_with_a_retired_key_is_refused(
+        self, fresh_world: World, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        world = fresh_world
+        old = world.state.signing_key
+        keyring = _keyring(world)
+        keyring.add_signing_key(utcnow() - timedelta(hours=1))
+        keyring.retire_signing_key(old.kid, utcnow())
+        _later(monkeypatch)
+        # A stolen copy of the retired private key mints a token as the service would.
+        now = int(utcnow().timestamp())
+        claims = {
+            "iss": world.issuer,
+            "sub": world.client_id("ITA"),
+            "client_id": world.client_id("ITA"),
+            "member": "ITA",
+            "aud": f"{world.issuer}/v1",
+            "scope": "reports:read",
+            "jti": "stolen",
+            "iat": now,
+            "exp": now + 300,
+        }
+        forged = jwt.sign(claims, old, typ="at+jwt")
+        response = world.http.get("/v1/reports", headers={"Authorization": f"Bearer {forged}"})
+        assert response.status_code == 401
+        assert old.kid in _published(world)
+
+
+class TestUnreadableKeyring:
+    def test_a_keyring_broken_on_disk_leaves_the_keys_in_use(
+        self, fresh_world: World, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        world = fresh_world
+        token = world.token("ITA")
+        path = _keyring(world).path
+        path.write_text(path.read_text().replace("{", "[", 1))
+        _later(monkeypatch)
+        # Still verifies and signs with what it held; the next good file is read again.
+        listed = world.http.get("/v1/reports", headers={"Authorization": f"Bearer {token}"})
+        assert listed.status_code == 200
+        assert world.request_token("USA").status_code == 200

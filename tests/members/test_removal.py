@@ -110,20 +110,22 @@ class TestRemoval:
             ).all()
         assert keys
         assert all(wrapped is None for (wrapped,) in keys)
-        # Copies taken before the removal (a backup, a replica) cannot be opened any more: not by
-        # a new process, and not by a running one once its few seconds of key cache are over.
+        # The stored versions as they were before the removal (wrapped data keys, ciphertexts)
+        # cannot be opened any more with the member keys the service holds: not by a new
+        # process, and not by a running one once its few seconds of key cache are over. (A
+        # backup also holds the old member key rows: docs/operations.md, "Backups".)
         fresh = Envelope(world.state.keys)
         for copy in before:
             with pytest.raises(KeyDestroyed):
                 _open(fresh, world, copy)
-        later = key_service.time.monotonic() + key_service.CURRENT_VERSION_TTL + 1
-        monkeypatch.setattr(key_service.time, "monotonic", lambda: later)
+        later = key_service._monotonic() + key_service.CURRENT_VERSION_TTL + 1
+        monkeypatch.setattr(key_service, "_monotonic", lambda: later)
         for copy in before:
             with pytest.raises(KeyDestroyed):
                 _open(world.state.envelope, world, copy)
 
-        # Through the API: the reports are gone for everyone, the member cannot call, the rest
-        # of the service is untouched.
+        # Through the API: the reports are gone for everyone, the member's clients are revoked
+        # (its token is refused), the rest of the service is untouched.
         for report_id in own:
             assert world.get("ITA", report_id).status_code == 404
         assert world.http.get("/v1/reports", headers=world.headers("USA")).status_code == 200
