@@ -31,6 +31,13 @@ app = typer.Typer(help="Service keys.", no_args_is_help=True)
 SIGNING_LEAD_SECONDS = 3600
 
 
+def _operator_record(settings: Settings, action: str, target: str, *reasons: str) -> None:
+    """An audit entry of the operator, committed now (before the change it records)."""
+    with session_scope(settings) as session:
+        entry = audit.Entry(action=action, decision="allow", target=target, reasons=reasons)
+        audit.record(session, audit.OPERATOR, entry)
+
+
 @app.command("init")
 def init() -> None:
     """Create the local keyring for the configured environment (kept if it already exists)."""
@@ -65,17 +72,7 @@ def rotate_index() -> None:
     key = crypto.new_key()
     old_id, new_id = BlindIndex(keyring.index_key()).key_id, BlindIndex(key).key_id
     # Recorded first: a rotation that cannot be audited does not happen.
-    with session_scope(settings) as session:
-        audit.record(
-            session,
-            audit.OPERATOR,
-            audit.Entry(
-                action="key.rotate_index",
-                decision="allow",
-                target="index_key",
-                reasons=(f"old:{old_id}", f"new:{new_id}"),
-            ),
-        )
+    _operator_record(settings, "key.rotate_index", "index_key", f"old:{old_id}", f"new:{new_id}")
     try:
         keyring.rotate_index_key(key)
     except KeyringError as exc:
@@ -207,34 +204,20 @@ def rotate(
         activates_at = utcnow() + timedelta(seconds=activate_in)
         kid, pem = keyring.new_signing_key()
         # Recorded first: a rotation that cannot be audited does not happen.
-        with session_scope(settings) as session:
-            audit.record(
-                session,
-                audit.OPERATOR,
-                audit.Entry(
-                    action="key.rotate",
-                    decision="allow",
-                    target="signing_key",
-                    reasons=(f"kid:{kid}", f"activates_at:{activates_at.isoformat()}"),
-                ),
-            )
+        _operator_record(
+            settings,
+            "key.rotate",
+            "signing_key",
+            f"kid:{kid}",
+            f"activates_at:{activates_at.isoformat()}",
+        )
         keyring.add_signing_key(activates_at, (kid, pem))
         typer.echo(f"signing key {kid} published now; it signs from {activates_at.isoformat()}")
     if master:
         keyring = _local(settings, "rotating the master key")
         old = keyring.current_master_version()
-        with session_scope(settings) as session:
-            # Recorded first: a rotation that cannot be audited does not happen.
-            audit.record(
-                session,
-                audit.OPERATOR,
-                audit.Entry(
-                    action="key.rotate",
-                    decision="allow",
-                    target="master_key",
-                    reasons=(f"old:{old}", f"new:{old + 1}"),
-                ),
-            )
+        # Recorded first: a rotation that cannot be audited does not happen.
+        _operator_record(settings, "key.rotate", "master_key", f"old:{old}", f"new:{old + 1}")
         version = keyring.rotate_master()
         typer.echo(f"master key version {version} is current; run `tearline keys rewrap`")
     if member or all_members:
@@ -294,22 +277,15 @@ def rewrap(
                 if time.monotonic() >= settled and done == 0:
                     break
                 time.sleep(min(1.0, max(0.0, settled - time.monotonic())))
-        with transaction(factory) as session:
-            audit.record(
-                session,
-                audit.OPERATOR,
-                audit.Entry(
-                    action="key.rewrap",
-                    decision="allow",
-                    target="keys",
-                    reasons=(
-                        f"member_keys:{totals.member_keys}",
-                        f"data_keys:{totals.data_keys}",
-                        f"secrets:{totals.secrets}",
-                        f"refused:{len(totals.refused)}",
-                    ),
-                ),
-            )
+    _operator_record(
+        settings,
+        "key.rewrap",
+        "keys",
+        f"member_keys:{totals.member_keys}",
+        f"data_keys:{totals.data_keys}",
+        f"secrets:{totals.secrets}",
+        f"refused:{len(totals.refused)}",
+    )
     typer.echo(
         f"re-wrapped {totals.member_keys} member key(s), {totals.data_keys} data key(s), "
         f"{totals.secrets} webhook secret(s)"
@@ -387,14 +363,7 @@ def _retire_signing(settings: Settings, kid: str) -> None:
             f"refused: tokens signed by {kid} may be valid until {free_at.isoformat()}; retire "
             "it after that"
         )
-    with session_scope(settings) as session:
-        audit.record(
-            session,
-            audit.OPERATOR,
-            audit.Entry(
-                action="key.retire", decision="allow", target="signing_key", reasons=(f"kid:{kid}",)
-            ),
-        )
+    _operator_record(settings, "key.retire", "signing_key", f"kid:{kid}")
     try:
         keyring.retire_signing_key(kid, now)
     except KeyringError as exc:
@@ -447,17 +416,7 @@ def retire(
             )
             return
         keyring = _local(settings, "retiring a master key")
-        with session_scope(settings) as session:
-            audit.record(
-                session,
-                audit.OPERATOR,
-                audit.Entry(
-                    action="key.retire",
-                    decision="allow",
-                    target="master_key",
-                    reasons=(f"version:{master}",),
-                ),
-            )
+        _operator_record(settings, "key.retire", "master_key", f"version:{master}")
         try:
             keyring.remove_master(master)
         except KeyringError as exc:
