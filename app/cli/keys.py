@@ -17,7 +17,7 @@ from app import bootstrap
 from app.audit import service as audit
 from app.cli.common import fail, refusals, session_scope, settings_or_exit
 from app.config import Settings
-from app.db import make_engine, make_sessionmaker, transaction, utcnow
+from app.db import make_engine, make_sessionmaker, utcnow
 from app.keys import lifecycle
 from app.keys.models import MemberKey
 from app.keys.provider import KeyProvider, KeyringError, LocalKeyring, SigningEntry
@@ -271,7 +271,7 @@ def rewrap(
         settled = _settled_at(engine)
         with typer.progressbar(length=todo, label="re-wrapping", file=None) as bar:
             while True:
-                done = _rewrap_pass(factory, provider, envelope, batch, totals, bar.update)
+                done = lifecycle.rewrap_pass(factory, provider, envelope, batch, totals, bar.update)
                 # Writes may still use an older version for a few seconds after a rotation:
                 # once that window is over, one more pass catches what they wrapped.
                 if time.monotonic() >= settled and done == 0:
@@ -295,47 +295,6 @@ def rewrap(
             f"{len(totals.refused)} key(s) failed their integrity check and were left as they are; "
             "see `tearline keys status`"
         )
-
-
-def _rewrap_pass(
-    factory: Any,
-    provider: KeyProvider,
-    envelope: Envelope,
-    batch: int,
-    totals: lifecycle.RewrapTotals,
-    advance: Any,
-) -> int:
-    done_before = totals.done
-    while True:
-        with transaction(factory) as session:
-            moved = lifecycle.rewrap_member_keys(session, provider, batch)
-        totals.member_keys += moved
-        advance(moved)
-        if moved < batch:
-            break
-    after: tuple[str, int] | None = None
-    while True:
-        with transaction(factory) as session:
-            current = lifecycle.current_versions(session.connection())
-            moved, refused, after = lifecycle.rewrap_data_keys(
-                session, envelope, current, after, batch
-            )
-        totals.data_keys += moved
-        advance(moved + len(refused - totals.refused))
-        totals.refused |= refused
-        if after is None:
-            break
-    last: str | None = None
-    while True:
-        with transaction(factory) as session:
-            current = lifecycle.current_versions(session.connection())
-            moved, refused, last = lifecycle.rewrap_secrets(session, envelope, current, last, batch)
-        totals.secrets += moved
-        advance(moved + len(refused - totals.refused))
-        totals.refused |= refused
-        if last is None:
-            break
-    return totals.done - done_before
 
 
 def _stopped_signing_at(entries: list[SigningEntry], kid: str) -> datetime | None:

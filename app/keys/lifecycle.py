@@ -10,15 +10,16 @@ a version once nothing uses it any more.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import cast
 
 from sqlalchemy import ColumnElement, Connection, Table, and_, func, or_, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 from app.audit import service as audit
-from app.db import utcnow
+from app.db import transaction, utcnow
 from app.keys.models import MemberKey
 from app.keys.provider import KeyProvider
 from app.keys.service import CURRENT_VERSION_TTL, Envelope, data_key_aad, member_key_aad
@@ -441,3 +442,44 @@ def master_in_use(conn: Connection, version: int) -> int:
         )
         or 0
     )
+
+
+def rewrap_pass(
+    factory: sessionmaker[Session],
+    provider: KeyProvider,
+    envelope: Envelope,
+    batch: int,
+    totals: RewrapTotals,
+    advance: Callable[[int], object] = lambda _: None,
+) -> int:
+    """One sweep: member keys, then data keys, then webhook secrets, one transaction per batch
+    of `batch`; adds to `totals`, reports progress to `advance`; how many it moved."""
+    done_before = totals.done
+    while True:
+        with transaction(factory) as session:
+            moved = rewrap_member_keys(session, provider, batch)
+        totals.member_keys += moved
+        advance(moved)
+        if moved < batch:
+            break
+    after: tuple[str, int] | None = None
+    while True:
+        with transaction(factory) as session:
+            current = current_versions(session.connection())
+            moved, refused, after = rewrap_data_keys(session, envelope, current, after, batch)
+        totals.data_keys += moved
+        advance(moved + len(refused - totals.refused))
+        totals.refused |= refused
+        if after is None:
+            break
+    last: str | None = None
+    while True:
+        with transaction(factory) as session:
+            current = current_versions(session.connection())
+            moved, refused, last = rewrap_secrets(session, envelope, current, last, batch)
+        totals.secrets += moved
+        advance(moved + len(refused - totals.refused))
+        totals.refused |= refused
+        if last is None:
+            break
+    return totals.done - done_before

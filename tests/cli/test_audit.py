@@ -14,17 +14,15 @@ from typing import Any, cast
 
 import pytest
 from sqlalchemy import Table, delete, select, update
-from typer.testing import CliRunner
 
 from app.audit import service as audit
 from app.audit.models import AuditEntry, AuditNode, AuditTree, Checkpoint
-from app.cli.main import app as cli
-from app.config import get_settings
 from app.db import transaction, utcnow
 from app.kit import jwt
 from app.kit.jwt import SigningKey
 from tests.audit.conftest import audit_get, maintain_all
 from tests.audit.test_verify import as_dba, run_verify
+from tests.cli import invoke
 from tests.conftest import World
 
 entries = cast(Table, AuditEntry.__table__)
@@ -59,19 +57,7 @@ class Run:
 
 
 def run(world: World, *args: str) -> Run:
-    settings = world.settings
-    env = {
-        "TEARLINE_ENV": "development",
-        "TEARLINE_DATA_DIR": str(settings.data_dir),
-        "TEARLINE_DATABASE_URL": settings.resolved_database_url,
-        "TEARLINE_POLICY_DIR": str(settings.policy_dir),
-        "TEARLINE_ISSUER": settings.resolved_issuer,
-    }
-    get_settings.cache_clear()
-    try:
-        result = CliRunner().invoke(cli, ["audit", *args], env=env)
-    finally:
-        get_settings.cache_clear()
+    result = invoke(world, "audit", *args)
     return Run(result.exit_code, result.stdout, result.stderr)
 
 

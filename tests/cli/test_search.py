@@ -3,33 +3,19 @@
 from __future__ import annotations
 
 from sqlalchemy import select
-from typer.testing import CliRunner
 
 from app.audit.models import AuditEntry
-from app.cli.main import app as cli
-from app.config import get_settings
 from app.db import transaction
 from app.keys.provider import LocalKeyring
 from app.search.index import BlindIndex
 from app.search.models import EntityIndex
+from tests.cli import invoke
 from tests.conftest import World
 from tests.search.test_index import valid_iban
 
 
 def run(world: World, *args: str) -> tuple[int, str]:
-    settings = world.settings
-    env = {
-        "TEARLINE_ENV": "development",
-        "TEARLINE_DATA_DIR": str(settings.data_dir),
-        "TEARLINE_DATABASE_URL": settings.resolved_database_url,
-        "TEARLINE_POLICY_DIR": str(settings.policy_dir),
-        "TEARLINE_ISSUER": settings.resolved_issuer,
-    }
-    get_settings.cache_clear()
-    try:
-        result = CliRunner().invoke(cli, list(args), env=env)
-    finally:
-        get_settings.cache_clear()
+    result = invoke(world, *args)
     return result.exit_code, result.output
 
 

@@ -13,9 +13,9 @@ from typer.testing import CliRunner
 
 from app.audit import checkpoints, tree
 from app.cli.main import app as cli
-from app.config import get_settings
 from app.db import utcnow
 from app.webhooks.models import Delivery
+from tests.cli import invoke
 from tests.conftest import World
 from tests.search.test_access_requests import own_entities
 from tests.webhooks.conftest import Receiver, receiver, subscribe
@@ -26,22 +26,8 @@ TALLY = re.compile(r"events fanned out: (\d+); attempts: (\d+) \((\d+) succeeded
 
 
 def run(world: World, *args: str, **extra: str) -> tuple[int, str]:
-    settings = world.settings
-    env = {
-        # The worker runs inside the test process here: it must not lower the tests' priority.
-        "TEARLINE_WEBHOOK_WORKER_NICE": "0",
-        **extra,
-        "TEARLINE_ENV": "development",
-        "TEARLINE_DATA_DIR": str(settings.data_dir),
-        "TEARLINE_DATABASE_URL": settings.resolved_database_url,
-        "TEARLINE_POLICY_DIR": str(settings.policy_dir),
-        "TEARLINE_ISSUER": settings.resolved_issuer,
-    }
-    get_settings.cache_clear()
-    try:
-        result = CliRunner().invoke(cli, list(args), env=env)
-    finally:
-        get_settings.cache_clear()
+    # The worker runs inside the test process here: it must not lower the tests' priority.
+    result = invoke(world, *args, **{"TEARLINE_WEBHOOK_WORKER_NICE": "0", **extra})
     return result.exit_code, result.output
 
 

@@ -52,34 +52,10 @@ def _rotate(world: World, member: str) -> int:
 
 
 def _rewrap_all(world: World, batch: int = 500) -> lifecycle.RewrapTotals:
+    """One sweep of what `tearline keys rewrap` runs, on a process of its own (a fresh cache)."""
     totals = lifecycle.RewrapTotals()
     envelope = Envelope(world.state.keys)
-    while True:
-        with world.state.sessionmaker.begin() as session:
-            moved = lifecycle.rewrap_member_keys(session, world.state.keys, batch)
-        totals.member_keys += moved
-        if moved < batch:
-            break
-    after: tuple[str, int] | None = None
-    while True:
-        with world.state.sessionmaker.begin() as session:
-            current = lifecycle.current_versions(session.connection())
-            moved, refused, after = lifecycle.rewrap_data_keys(
-                session, envelope, current, after, batch
-            )
-        totals.data_keys += moved
-        totals.refused |= refused
-        if after is None:
-            break
-    last: str | None = None
-    while True:
-        with world.state.sessionmaker.begin() as session:
-            current = lifecycle.current_versions(session.connection())
-            moved, refused, last = lifecycle.rewrap_secrets(session, envelope, current, last, batch)
-        totals.secrets += moved
-        totals.refused |= refused
-        if last is None:
-            break
+    lifecycle.rewrap_pass(world.state.sessionmaker, world.state.keys, envelope, batch, totals)
     return totals
 
 
