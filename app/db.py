@@ -6,7 +6,9 @@ import asyncio
 import contextlib
 import contextvars
 import functools
+import logging
 import threading
+import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -22,7 +24,13 @@ from sqlalchemy.sql import Insert, Select
 from sqlalchemy.types import TypeDecorator
 
 T = TypeVar("T")
+
+log = logging.getLogger("tearline.db")
 BUSY_TIMEOUT_SECONDS = 10
+# SQLite's own bound is 1,000 pages; a Checkpointer keeps the log well below this one.
+AUTOCHECKPOINT_PAGES = 10_000
+# What a Checkpointer copies while holding the writer's turn, at most (see Checkpointer).
+CATCH_UP_FRAMES = 1_000
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -125,7 +133,8 @@ class _Compiled:
         bound = {}
         for name, (process, key, fixed) in self.binds.items():
             value = values[key] if key is not None else fixed
-            bound[name] = process(value) if process is not None and value is not None else value
+            # As SQLAlchemy does, None goes through the processor too (JSON makes it 'null').
+            bound[name] = process(value) if process is not None else value
         if self.positions is None:
             return bound
         return tuple(bound[name] for name in self.positions)
@@ -174,18 +183,39 @@ class Prepared:
 
 class PreparedInsert:
     """An INSERT of every row's `keys`, compiled once per dialect and sent as one executemany on
-    the driver's cursor (for the audit log's appends, on every request's path)."""
+    the driver's cursor (for the inserts on every request's path: audit entries, reports and
+    their decisions, index rows, events).
 
-    def __init__(self, table: Table, keys: Sequence[str]) -> None:
+    `keys` must name every column the rows give, and the rows must give each of them: a column
+    left out gets its server default, never a Python-side `default=` of the model. `fixed`
+    holds SQL expressions the statement itself supplies (a subquery, say), per column.
+    """
+
+    def __init__(
+        self, table: Table, keys: Sequence[str], fixed: Mapping[str, Any] | None = None
+    ) -> None:
         self.table = table
         self.keys = tuple(keys)
+        self.fixed = dict(fixed or {})
         self._compiled: dict[str, _Compiled] = {}
+        left_out = [
+            c.key
+            for c in table.columns
+            if c.default is not None and c.key not in self.keys and c.key not in self.fixed
+        ]
+        if left_out:
+            raise ValueError(f"{table.name}: give {left_out} (defaults only SQLAlchemy applies)")
 
     def run(self, conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
         """Insert `rows` (each with exactly the keys given) in the connection's transaction."""
+        if not rows:
+            return
         compiled = self._compiled.get(conn.dialect.name)
         if compiled is None:
-            compiled = _Compiled(self.table.insert(), conn.dialect, self.keys)
+            statement = self.table.insert()
+            if self.fixed:
+                statement = statement.values(self.fixed)
+            compiled = _Compiled(statement, conn.dialect, self.keys)
             self._compiled[conn.dialect.name] = compiled
         _on_cursor(conn, compiled.sql, [compiled.parameters(r) for r in rows], many=True)
 
@@ -234,7 +264,71 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     # the last commits. The embedded default accepts that; production runs on PostgreSQL.
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_SECONDS * 1000}")
+    # Copying the WAL back into the database is left to a Checkpointer thread where one runs
+    # (serve); this is the bound at which a committing writer does it itself, as a fallback.
+    cursor.execute(f"PRAGMA wal_autocheckpoint={AUTOCHECKPOINT_PAGES}")
     cursor.close()
+
+
+class Checkpointer:
+    """Copies SQLite's write-ahead log back into the database file on a thread of its own.
+
+    Left to SQLite, the commit that takes the log past its bound does the copy (and its
+    fsync) itself, and on SQLite commits run on the event loop, so every request waits. This
+    thread checkpoints every `interval` seconds instead, in PASSIVE mode: it never waits for
+    a writer or a reader, and the driver releases the GIL while SQLite works. A checkpoint
+    that fails is logged and tried again at the next turn; the commits' own fallback stays.
+    """
+
+    def __init__(self, engine: Engine, interval: float = 0.25) -> None:
+        self._engine = engine
+        self._interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="tearline-checkpoint", daemon=True)
+        self.checkpoints = 0
+
+    def start(self) -> Checkpointer:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=BUSY_TIMEOUT_SECONDS)
+
+    def _passive(self) -> tuple[int, int]:
+        # A raw pooled connection: no SQLAlchemy transaction, so no writer's turn is taken.
+        raw = self._engine.raw_connection()
+        try:
+            cursor = raw.cursor()
+            _, frames, copied = cursor.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            cursor.close()
+        finally:
+            raw.close()
+        return int(frames), int(copied)
+
+    def checkpoint(self) -> tuple[int, int]:
+        """One round: (frames in the log, frames copied back into the database file).
+
+        Under steady writes the copy never catches up with the log, and SQLite starts the log
+        afresh only once every frame is copied. So when little is left, the rest is copied
+        holding the writer's turn (a millisecond or two): the next writer then starts the log
+        from its beginning, and the file stops growing.
+        """
+        frames, copied = self._passive()
+        if 0 <= frames - copied <= CATCH_UP_FRAMES and copied < frames:
+            turn = _TURNS.get(self._engine)
+            if turn is not None:
+                with turn.held():
+                    frames, copied = self._passive()
+        self.checkpoints += 1
+        return frames, copied
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            try:
+                self.checkpoint()
+            except Exception:
+                log.exception("WAL checkpoint failed")
 
 
 class _WriterTurn:
@@ -267,6 +361,20 @@ class _WriterTurn:
         if conn.info.pop("tearline_turn", False):
             self._lock.release()
 
+    @contextmanager
+    def held(self) -> Iterator[None]:
+        """The turn without a transaction: writers of this engine wait meanwhile."""
+        if not self._lock.acquire(timeout=BUSY_TIMEOUT_SECONDS):
+            raise OperationalError("checkpoint", None, TimeoutError("database is busy"))
+        try:
+            yield
+        finally:
+            self._lock.release()
+
+
+# Each SQLite engine's writer turn, for its Checkpointer.
+_TURNS: weakref.WeakKeyDictionary[Engine, _WriterTurn] = weakref.WeakKeyDictionary()
+
 
 def _sqlite_engine(url: str) -> Engine:
     # Transactions are begun explicitly (see _WriterTurn), never by the driver behind our back.
@@ -283,7 +391,7 @@ def make_engine(url: str) -> Engine:
     """An engine for ``url`` with the settings each supported database needs."""
     if url.startswith("sqlite"):
         engine = _sqlite_engine(url)
-        turn = _WriterTurn()
+        turn = _TURNS[engine] = _WriterTurn()
         event.listen(engine, "connect", _sqlite_pragmas)
         event.listen(engine, "begin", turn.begin)
         event.listen(engine, "commit", turn.end)

@@ -21,6 +21,7 @@ from app.audit.endpoints import router as audit_router
 from app.auth.deps import declare_bearer
 from app.auth.endpoints import router as auth_router
 from app.config import Settings, get_settings
+from app.db import Checkpointer
 from app.errors import ServiceUnavailable, install_handlers, problem_response, responses
 from app.members.endpoints import router as members_router
 from app.metrics import CONTENT_TYPE, exposition
@@ -61,6 +62,28 @@ def _reload_on_sighup(state: AppState) -> bool:
     return True
 
 
+@asynccontextmanager
+async def _background(state: AppState, settings: Settings) -> AsyncIterator[None]:
+    """What runs beside the requests while the app serves, stopped in reverse order."""
+    hangup = _reload_on_sighup(state)
+    checkpointing = Checkpointer(state.db.engine).start() if state.db.inline else None
+    running = dispatcher.start(state) if settings.webhook_dispatch_in_serve else None
+    keeping = maintainer.start(state) if settings.audit_tree_in_serve else None
+    yield
+    if keeping is not None:
+        await keeping.stop()
+    if running is not None:
+        await running.stop()
+    if hangup:
+        asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
+    # Entries of requests that were cancelled (a client gone) are still written.
+    await state.audit_log.drain()
+    # A pass of re-decision stops between two batches; the next start finishes it.
+    await state.redecider.stop()
+    if checkpointing is not None:
+        checkpointing.stop()
+
+
 def create_app(settings: Settings | None = None, *, state: AppState | None = None) -> FastAPI:
     """A Tearline API instance; migrations run at start-up in development only."""
     settings = settings or get_settings()
@@ -71,20 +94,8 @@ def create_app(settings: Settings | None = None, *, state: AppState | None = Non
         if settings.is_development:
             bootstrap.upgrade_database(settings.resolved_database_url)
         bootstrap.prepare_database(state)
-        hangup = _reload_on_sighup(state)
-        running = dispatcher.start(state) if settings.webhook_dispatch_in_serve else None
-        keeping = maintainer.start(state) if settings.audit_tree_in_serve else None
-        yield
-        if keeping is not None:
-            await keeping.stop()
-        if running is not None:
-            await running.stop()
-        if hangup:
-            asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
-        # Entries of requests that were cancelled (a client gone) are still written.
-        await state.audit_log.drain()
-        # A pass of re-decision stops between two batches; the next start finishes it.
-        await state.redecider.stop()
+        async with _background(state, settings):
+            yield
         state.db.dispose()
 
     app = FastAPI(
@@ -102,7 +113,7 @@ def create_app(settings: Settings | None = None, *, state: AppState | None = Non
     app.add_middleware(RequestIdMiddleware)
 
     @app.get("/healthz", tags=["service"])
-    def healthz() -> dict[str, str]:
+    async def healthz() -> dict[str, str]:
         """The process is up."""
         return {"status": "ok"}
 

@@ -1,13 +1,16 @@
-"""Engines and units: SQLite pragmas, the writer turn, the read engine, where units run."""
+"""Engines and units: SQLite pragmas, the writer turn, the read engine, where units run, the
+statements on the driver's cursor and the WAL checkpointer."""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import threading
+import time
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Connection, event, text
+from sqlalchemy import Connection, Engine, event, select, text
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from app import db
@@ -15,6 +18,7 @@ from app.audit import service as audit_service
 from app.auth import service as auth_service
 from app.db import make_engine
 from app.reports import service as reports_service
+from app.webhooks import service as webhooks_service
 from tests.conftest import BACKEND, World
 
 
@@ -202,3 +206,162 @@ class TestPrepared:
         row = asyncio.run(database.read(lambda conn: reports_service._READ_ONE.first(conn, values)))
         assert row is not None
         assert row.id == report_id
+
+
+class TestPreparedInsert:
+    """Inserts on the driver's cursor store what SQLAlchemy's own insert stores."""
+
+    def test_a_report_row_is_stored_as_sqlalchemy_stores_it(self, fresh_world: World) -> None:
+        # None into a JSON column ('null' there, not SQL NULL), datetimes, booleans, JSON lists.
+        report = reports_service.StoredReport(
+            id="00000000-0000-4000-8000-00000000000a",
+            originator="USA",
+            version=1,
+            status="active",
+            created_at=db.utcnow(),
+            updated_at=db.utcnow(),
+            classification="SECRET",
+            tlp="AMBER",
+            orcon=True,
+            topics=["MOV.HAW"],
+            grading=None,
+            releasable_to=["ALL"],
+            tearline_to=[],
+            tearline_classification="UNCLASSIFIED",
+            has_summary=False,
+        )
+        ours = dataclasses.asdict(report)
+        theirs = {**ours, "id": "00000000-0000-4000-8000-00000000000b"}
+        table = reports_service._reports
+        with fresh_world.state.db.engine.begin() as conn:
+            reports_service._INSERT_REPORT.run(conn, [ours])
+            conn.execute(table.insert(), [theirs])
+            # The values as the database holds them, read past every type processor.
+            raw = conn.exec_driver_sql("SELECT * FROM reports WHERE orcon AND tlp = 'AMBER'")
+            stored = {row[0]: row[1:] for row in raw}
+        assert stored[ours["id"]] == stored[theirs["id"]]
+
+    def test_a_value_the_statement_fixes_is_computed_by_the_database(
+        self, fresh_world: World
+    ) -> None:
+        events = webhooks_service._events
+        row = {
+            "uid": "00000000-0000-4000-8000-0000000000e1",
+            "type": "report.created",
+            "occurred_at": db.utcnow(),
+            "recipient": None,
+            "report_id": None,
+            "data": {"n": 1},
+            "audience": None,
+        }
+        with fresh_world.state.db.engine.begin() as conn:
+            insert = db.PreparedInsert(events, list(row), fixed={"position": text("41 + 1")})
+            insert.run(conn, [row])
+            ours = conn.execute(select(events).where(events.c.uid == row["uid"])).one()
+        assert ours.position == 42
+        assert ours.data == {"n": 1}
+        assert ours.audience is None
+
+    def test_a_column_whose_default_only_sqlalchemy_applies_must_be_given(self) -> None:
+        # reports.status has default="active" in the model, not in the schema.
+        with pytest.raises(ValueError, match="status"):
+            db.PreparedInsert(reports_service._reports, ["id", "originator"])
+
+    def test_no_rows_is_no_statement(self, fresh_world: World) -> None:
+        seen: list[str] = []
+        engine = fresh_world.state.db.engine
+
+        def before(_c: object, _cur: object, statement: str, *_: object) -> None:
+            seen.append(statement)
+
+        event.listen(engine, "before_cursor_execute", before)
+        try:
+            with engine.begin() as conn:
+                reports_service._INSERT_TOPIC.run(conn, [])
+        finally:
+            event.remove(engine, "before_cursor_execute", before)
+        assert not any("report_topics" in s for s in seen)
+
+
+def _write_pages(engine: Engine, commits: int) -> None:
+    with engine.begin() as conn:
+        conn.execute(text("CREATE TABLE IF NOT EXISTS filler (blob BLOB)"))
+    for _ in range(commits):
+        with engine.begin() as conn:
+            conn.execute(text("INSERT INTO filler VALUES (randomblob(8000))"))
+
+
+@pytest.mark.skipif(BACKEND != "sqlite", reason="PostgreSQL checkpoints on its own")
+class TestCheckpointer:
+    def test_the_log_is_copied_back_and_the_next_writer_starts_it_afresh(
+        self, tmp_path: Path
+    ) -> None:
+        engine = make_engine(f"sqlite:///{tmp_path / 'x.db'}")
+        checkpointer = db.Checkpointer(engine)
+        _write_pages(engine, 20)
+        frames, copied = checkpointer.checkpoint()
+        assert frames > 40
+        assert copied == frames
+        _write_pages(engine, 1)
+        frames_after, _ = checkpointer.checkpoint()
+        assert frames_after < 10
+        engine.dispose()
+
+    def test_commits_leave_the_copy_to_the_checkpointer(self, tmp_path: Path) -> None:
+        engine = make_engine(f"sqlite:///{tmp_path / 'x.db'}")
+        with engine.connect() as conn:
+            bound = conn.execute(text("PRAGMA wal_autocheckpoint")).scalar()
+        assert bound == db.AUTOCHECKPOINT_PAGES
+        # Past SQLite's default bound of 1,000 pages, no commit copied the log back itself.
+        _write_pages(engine, 300)
+        frames, copied = db.Checkpointer(engine).checkpoint()
+        assert frames > 1_000
+        assert copied == frames
+        engine.dispose()
+
+    def test_the_last_frames_are_copied_in_the_writers_turn(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        engine = make_engine(f"sqlite:///{tmp_path / 'x.db'}")
+        checkpointer = db.Checkpointer(engine)
+        turn = db._TURNS[engine]
+        rounds: list[bool] = []
+
+        def passive() -> tuple[int, int]:
+            # A writer committed while the first round copied: 10 frames are left.
+            rounds.append(turn._lock.locked())
+            return (100, 90) if len(rounds) == 1 else (100, 100)
+
+        monkeypatch.setattr(checkpointer, "_passive", passive)
+        assert checkpointer.checkpoint() == (100, 100)
+        assert rounds == [False, True]
+        assert not turn._lock.locked()
+        engine.dispose()
+
+    def test_far_behind_it_does_not_hold_up_the_writers(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        engine = make_engine(f"sqlite:///{tmp_path / 'x.db'}")
+        checkpointer = db.Checkpointer(engine)
+        rounds: list[int] = []
+
+        def passive() -> tuple[int, int]:
+            rounds.append(1)
+            return 5_000, 5_000 - db.CATCH_UP_FRAMES - 1
+
+        monkeypatch.setattr(checkpointer, "_passive", passive)
+        checkpointer.checkpoint()
+        assert len(rounds) == 1
+        engine.dispose()
+
+    def test_the_thread_checkpoints_until_stopped(self, tmp_path: Path) -> None:
+        engine = make_engine(f"sqlite:///{tmp_path / 'x.db'}")
+        checkpointer = db.Checkpointer(engine, interval=0.01).start()
+        _write_pages(engine, 5)
+        deadline = time.monotonic() + 5
+        while checkpointer.checkpoints < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        checkpointer.stop()
+        assert checkpointer.checkpoints >= 2
+        assert not checkpointer._thread.is_alive()
+        engine.dispose()

@@ -1,4 +1,5 @@
-"""The served process: `kill -HUP` puts a changed policy bundle in force without a restart."""
+"""The served process: `kill -HUP` puts a changed policy bundle in force without a restart; on
+SQLite a thread of its own copies the write-ahead log back while it serves."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +20,7 @@ from sqlalchemy import create_engine, select
 
 from app.audit.models import AuditEntry
 from app.config import PROJECT_ROOT
-from tests.conftest import drop_database, new_database_url
+from tests.conftest import BACKEND, drop_database, make_world, new_database_url
 
 
 def free_port() -> int:
@@ -125,3 +127,22 @@ class TestReloadOnHangup:
         # Refused, and the bundle in force is still the one accepted before.
         assert refused == ("deny", "operator", new_hash)
         assert process.poll() is None
+
+
+def _checkpoint_threads() -> int:
+    return sum(t.name == "tearline-checkpoint" for t in threading.enumerate())
+
+
+def test_serve_copies_the_sqlite_log_back_on_a_thread_of_its_own_until_shutdown(
+    tmp_path: Path,
+) -> None:
+    before = _checkpoint_threads()
+    world = make_world(tmp_path)  # the app's lifespan runs: as in `tearline serve`
+    try:
+        running = _checkpoint_threads() - before
+    finally:
+        world.close()
+        drop_database(world.settings.resolved_database_url)
+    # PostgreSQL checkpoints on its own.
+    assert running == (1 if BACKEND == "sqlite" else 0)
+    assert _checkpoint_threads() == before

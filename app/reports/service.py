@@ -31,7 +31,7 @@ from sqlalchemy.orm import Session
 
 from app.audit import service as audit
 from app.auth.service import Principal
-from app.db import Prepared, Record, UTCDateTime, utcnow
+from app.db import Prepared, PreparedInsert, Record, UTCDateTime, utcnow
 from app.errors import Conflict, NotFound, Unprocessable
 from app.keys.service import Envelope, field_aad
 from app.kit import crypto, pagination
@@ -103,6 +103,35 @@ class StoredReport:
 
 
 _REPORT_FIELDS = tuple(StoredReport.__dataclass_fields__)
+
+# The inserts of every submission, on the driver's cursor (see PreparedInsert).
+_INSERT_REPORT = PreparedInsert(_reports, _REPORT_FIELDS)
+_INSERT_VERSION = PreparedInsert(
+    _versions,
+    ["report_id", "version", "created_at", "markings", *(f"{f}_ct" for f in CONTENT_FIELDS)],
+)
+_INSERT_KEY = PreparedInsert(
+    _keys, ["report_id", "version", "key_member", "key_version", "wrapped_data_key"]
+)
+_INSERT_TOPIC = PreparedInsert(_topics, ["report_id", "topic"])
+_INSERT_ACCESS = PreparedInsert(
+    _access,
+    [
+        "report_id",
+        "member_code",
+        "level",
+        "report_updated_at",
+        "topic_codes",
+        "policy_hash",
+        "policy_ids",
+        "decided_at",
+        "expires_at",
+        "level_after",
+    ],
+)
+_INSERT_IDEMPOTENCY = PreparedInsert(
+    _idempotency, ["client_id", "key", "request_hash", "report_id", "created_at"]
+)
 REPORT_COLUMNS = tuple(_reports.c[name] for name in _REPORT_FIELDS)
 
 
@@ -232,9 +261,9 @@ def create(
     report = new_report(report_id, principal.member, payload)
     decisions = state.decide(facts_of(report))
     conn = session.connection()
-    conn.execute(_reports.insert(), [dataclasses.asdict(report)])
+    _INSERT_REPORT.run(conn, [dataclasses.asdict(report)])
     entities = seal_version(conn, envelope, report, payload)
-    conn.execute(_topics.insert(), [{"report_id": report_id, "topic": t} for t in payload.topics])
+    _INSERT_TOPIC.run(conn, [{"report_id": report_id, "topic": t} for t in payload.topics])
     _store_decisions(session, report, decisions)
     # Before the match alerts: a consumer learns of the report before it learns of matches on it.
     emit_report_event(conn, "report.created", report)
@@ -341,8 +370,8 @@ def seal_version(
     def seal(field: str, value: str | None) -> bytes | None:
         return _encrypt(data_key.key, report_id, version, originator, field, value)
 
-    conn.execute(
-        _versions.insert(),
+    _INSERT_VERSION.run(
+        conn,
         [
             {
                 "report_id": report_id,
@@ -356,8 +385,8 @@ def seal_version(
             }
         ],
     )
-    conn.execute(
-        _keys.insert(),
+    _INSERT_KEY.run(
+        conn,
         [
             {
                 "report_id": report_id,
@@ -544,8 +573,7 @@ def _store_decisions(
         for d in decisions.values()
         if d.level.value != "none"
     ]
-    if rows:
-        session.connection().execute(_access.insert(), rows)
+    _INSERT_ACCESS.run(session.connection(), rows)
 
 
 def _remember_key(
@@ -562,7 +590,7 @@ def _remember_key(
         # A concurrent request with the same key either commits first (this insert then
         # conflicts) or waits for us; either way exactly one report survives. The conflict
         # rolls the whole request back, so no savepoint is needed.
-        session.connection().execute(_idempotency.insert(), row)
+        _INSERT_IDEMPOTENCY.run(session.connection(), [row])
     except IntegrityError as exc:
         raise Conflict(
             "A request with this Idempotency-Key completed concurrently; retry for its result."

@@ -13,6 +13,7 @@ from typing import Any, cast
 
 from sqlalchemy import Connection, Table, delete, select
 
+from app.db import PreparedInsert
 from app.errors import Unprocessable
 from app.kit import crypto
 from app.kit.crypto import SecretBytes
@@ -21,6 +22,7 @@ from app.search.normalize import ENTITY_TYPES, InvalidEntity, normalize
 
 _LABEL = "tearline/blind-index/v1/"
 _index = cast(Table, EntityIndex.__table__)
+_INSERT = PreparedInsert(_index, ["report_id", "entity_type", "digest", "key_id", "originator"])
 
 
 @dataclass(frozen=True, order=True)
@@ -114,8 +116,7 @@ def insert_entries(
         for report_id, report_entries in entries.items()
         for e in dict.fromkeys(report_entries)
     ]
-    if rows:
-        conn.execute(_index.insert(), rows)
+    _INSERT.run(conn, rows)
 
 
 def current_entries(conn: Connection, index: BlindIndex, report_id: str) -> list[IndexEntry]:

@@ -11,7 +11,7 @@ from typing import Any, cast
 
 from sqlalchemy import Connection, Table, bindparam, func, select, text, update
 
-from app.db import utcnow
+from app.db import PreparedInsert, utcnow
 from app.webhooks.models import Event
 
 _events = cast(Table, Event.__table__)
@@ -39,6 +39,9 @@ EVENT_TYPES = (
 _SEQUENCER_LOCK = 0x544C534551
 
 _NEXT_POSITION = select(func.coalesce(func.max(_events.c.position), 0) + 1).scalar_subquery()
+_EVENT_KEYS = ["uid", "type", "occurred_at", "recipient", "report_id", "data", "audience"]
+_INSERT = PreparedInsert(_events, _EVENT_KEYS)
+_INSERT_POSITIONED = PreparedInsert(_events, _EVENT_KEYS, fixed={"position": _NEXT_POSITION})
 
 
 def emit(
@@ -68,8 +71,9 @@ def emit(
     }
     if conn.dialect.name == "sqlite":
         # One writer at a time: the position taken inside this transaction is the commit order.
-        row["position"] = _NEXT_POSITION
-    conn.execute(_events.insert().values(**row))
+        _INSERT_POSITIONED.run(conn, [row])
+    else:
+        _INSERT.run(conn, [row])
 
 
 _UNSEQUENCED = (
