@@ -125,3 +125,29 @@ class TestManyMatches:
         mine = world.submit("FRA", entities=iban_entity(iban))
         told = {d["matched_report_id"] for r, d in alerts(world, mine["id"]) if r == "FRA"}
         assert told == {h["id"] for h in held}
+
+    def test_the_lookup_finds_what_the_plain_statement_finds_for_any_number_of_digests(
+        self, world: World, monkeypatch: Any
+    ) -> None:
+        # 3 digests pad to a statement for 4; with at most 2 per statement, 5 take 3 of them.
+        ibans = [valid_iban() for _ in range(5)]
+        for code, iban in zip(("DEU", "ESP", "POL", "ITA", "FRA"), ibans, strict=True):
+            world.submit(code, entities=iban_entity(iban))
+        index = world.state.blind_index
+        digests = sorted({index.entry("iban", iban).digest for iban in ibans})
+        table = search_matches._index
+        with world.state.db.engine.connect() as conn:
+            for count, most in ((3, 256), (5, 2), (1, 256)):
+                monkeypatch.setattr(search_matches, "_MOST", most)
+                wanted = digests[:count]
+                ours = search_matches._others_holding(conn, wanted, index.key_id, "FRA")
+                theirs = conn.execute(
+                    select(table.c.report_id, table.c.entity_type, table.c.digest).where(
+                        table.c.digest.in_(wanted),
+                        table.c.key_id == index.key_id,
+                        table.c.originator != "FRA",
+                    )
+                ).all()
+                assert sorted(ours) == sorted(tuple(r) for r in theirs)
+                # Each IBAN is held by one report, at most one of them FRA's own.
+                assert len(ours) >= count - 1
