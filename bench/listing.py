@@ -28,7 +28,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -37,7 +37,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import httpx
-from sqlalchemy import Connection, Engine, Table, event, func, select, text
+from sqlalchemy import Connection, Engine, event, func, select, text
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.dml import Insert
 
@@ -65,10 +65,10 @@ from run import (
     wait_ready,
 )
 
-from app import bootstrap
+from app import bootstrap, db
 from app.auth.service import Principal
 from app.config import Settings
-from app.db import transaction
+from app.db import PreparedInsert, transaction
 from app.members import service as members_service
 from app.policy.bundle import GROUPS, PolicyBundle, load_bundle
 from app.policy.reload import REDECIDE_BATCH, failing_cases
@@ -215,11 +215,32 @@ class _GatheredInserts:
     """
 
     def __init__(self, session: Session) -> None:
+        self._session = session
         self._conn = session.connection()
-        self._rows: dict[tuple[Table, tuple[str, ...]], list[dict[str, Any]]] = {}
+        # Per table and keys, or per prepared insert: the rows, in the order first written.
+        self._rows: dict[Any, list[dict[str, Any]]] = {}
 
     def connection(self) -> _GatheredInserts:
         return self
+
+    @property
+    def dialect(self) -> Any:
+        return self._conn.dialect
+
+    # The session's own: the audit entries `create` records are written at its commit.
+    @property
+    def info(self) -> dict[Any, Any]:
+        return self._session.info
+
+    def get_transaction(self) -> Any:
+        return self._session.get_transaction()
+
+    def get_nested_transaction(self) -> Any:
+        return self._session.get_nested_transaction()
+
+    def gather(self, insert: PreparedInsert, rows: Sequence[dict[str, Any]]) -> None:
+        """Rows `create` hands to a prepared insert (see `gathering_prepared`)."""
+        self._rows.setdefault(insert, []).extend(rows)
 
     def execute(self, statement: Any, parameters: Any = None) -> Any:
         plain_insert = (
@@ -241,9 +262,38 @@ class _GatheredInserts:
         )
 
     def send(self) -> None:
-        for (table, _), rows in self._rows.items():
-            self._conn.execute(table.insert(), rows)
+        for key, rows in self._rows.items():
+            if isinstance(key, PreparedInsert):
+                key.run(self._conn, rows)
+            else:
+                table, _ = key
+                self._conn.execute(table.insert(), rows)
         self._rows.clear()
+
+
+@contextmanager
+def gathering_prepared() -> Iterator[None]:
+    """Prepared inserts on a _GatheredInserts are gathered too, not sent row by row; other
+    statements on the driver's cursor (`db.Prepared`) go to its real connection."""
+    original_run, original_on_cursor = PreparedInsert.run, db._on_cursor
+
+    def run(insert: PreparedInsert, conn: Any, rows: Sequence[Any]) -> None:
+        if isinstance(conn, _GatheredInserts):
+            conn.gather(insert, rows)
+        else:
+            original_run(insert, conn, rows)
+
+    def on_cursor(conn: Any, *args: Any, **kwargs: Any) -> Any:
+        real = conn._conn if isinstance(conn, _GatheredInserts) else conn
+        return original_on_cursor(real, *args, **kwargs)
+
+    PreparedInsert.run = run  # type: ignore[method-assign]
+    db._on_cursor = on_cursor
+    try:
+        yield
+    finally:
+        PreparedInsert.run = original_run  # type: ignore[method-assign]
+        db._on_cursor = original_on_cursor
 
 
 @dataclass
@@ -265,7 +315,7 @@ class Seeder:
         """Seed batches until `target` reports exist; throughput of this stretch."""
         start_count, started = self.count, time.perf_counter()
         last_print = started
-        with engine_clock(self.state.policy) as engine_seconds:
+        with engine_clock(self.state.policy) as engine_seconds, gathering_prepared():
             while self.count < target:
                 self._seed_batch(min(self.batch, target - self.count))
                 now = time.perf_counter()
