@@ -15,12 +15,21 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, DateTime, Engine, MetaData, Table, create_engine, event
+from sqlalchemy import (
+    Connection,
+    DateTime,
+    Engine,
+    MetaData,
+    Table,
+    bindparam,
+    create_engine,
+    event,
+)
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.pool import NullPool
-from sqlalchemy.sql import Insert, Select
+from sqlalchemy.sql import ColumnElement, Insert, Select
 from sqlalchemy.types import TypeDecorator
 
 T = TypeVar("T")
@@ -179,6 +188,50 @@ class Prepared:
         """The first row, or None."""
         rows = self.all(conn, values)
         return rows[0] if rows else None
+
+
+def in_list(column: ColumnElement[Any], key: str, size: int) -> ColumnElement[bool]:
+    """`column IN (:key_0, ..., :key_<size-1>)`, for the statements of a PreparedIn."""
+    return column.in_([bindparam(f"{key}_{i}", type_=column.type) for i in range(size)])
+
+
+class PreparedIn:
+    """A SELECT with one IN list (made with `in_list`), prepared for every power of two of
+    items up to `most`: a list is padded by repeating its last item (which changes no IN), and
+    a longer one is sent in chunks of `most`, their rows together. So a list of any length runs
+    on the driver's cursor like `Prepared`, from a handful of compiled statements.
+    """
+
+    def __init__(self, build: Callable[[int], AnySelect], key: str, most: int) -> None:
+        if most < 1 or most & (most - 1):
+            raise ValueError("most must be a power of two")
+        self.key = key
+        self.most = most
+        self.statements = [Prepared(build(1 << n)) for n in range(most.bit_length())]
+
+    def _chunks(
+        self, values: Mapping[str, Any], items: Sequence[Any]
+    ) -> Iterator[tuple[Prepared, dict[str, Any]]]:
+        for start in range(0, len(items), self.most):
+            chunk = list(items[start : start + self.most])
+            bits = (len(chunk) - 1).bit_length()
+            chunk += [chunk[-1]] * ((1 << bits) - len(chunk))
+            bound = {**values, **{f"{self.key}_{i}": item for i, item in enumerate(chunk)}}
+            yield self.statements[bits], bound
+
+    def all(
+        self, conn: Connection, values: Mapping[str, Any], items: Sequence[Any]
+    ) -> list[Record]:
+        """Every row for `items` (none for no items)."""
+        chunks = self._chunks(values, items)
+        return [row for prepared, bound in chunks for row in prepared.all(conn, bound)]
+
+    def tuples(
+        self, conn: Connection, values: Mapping[str, Any], items: Sequence[Any]
+    ) -> list[tuple[Any, ...]]:
+        """Every row for `items` as plain tuples (none for no items)."""
+        chunks = self._chunks(values, items)
+        return [row for prepared, bound in chunks for row in prepared.tuples(conn, bound)]
 
 
 class PreparedInsert:

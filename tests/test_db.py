@@ -8,6 +8,7 @@ import dataclasses
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import Connection, Engine, event, select, text
@@ -365,3 +366,40 @@ class TestCheckpointer:
         assert checkpointer.checkpoints >= 2
         assert not checkpointer._thread.is_alive()
         engine.dispose()
+
+
+class TestPreparedIn:
+    """One IN list, any length: the rows SQLAlchemy's own expanding IN gives."""
+
+    def _by_id(self, size: int) -> Any:
+        table = reports_service._reports
+        return select(table.c.id, table.c.originator, table.c.created_at).where(
+            db.in_list(table.c.id, "id", size)
+        )
+
+    def test_any_number_of_items_gives_the_rows_of_the_plain_statement(
+        self, fresh_world: World
+    ) -> None:
+        ids = [fresh_world.submit(code)["id"] for code in ("USA", "ITA", "DEU", "FRA", "ESP")]
+        table = reports_service._reports
+        with fresh_world.state.db.read_engine.connect() as conn:
+            for most, items in ((8, ids[:3]), (2, ids), (1, ids[:1]), (4, [*ids, "unknown"])):
+                lookup = db.PreparedIn(self._by_id, "id", most)
+                ours = lookup.all(conn, {}, items)
+                theirs = conn.execute(
+                    select(table.c.id, table.c.originator, table.c.created_at).where(
+                        table.c.id.in_(items)
+                    )
+                ).all()
+                assert sorted(map(dict, ours), key=lambda r: r["id"]) == sorted(
+                    (dict(r._mapping) for r in theirs), key=lambda r: r["id"]
+                )
+                assert {r["id"] for r in ours} == set(items) - {"unknown"}
+
+    def test_no_items_is_no_rows(self, fresh_world: World) -> None:
+        with fresh_world.state.db.read_engine.connect() as conn:
+            assert db.PreparedIn(self._by_id, "id", 4).tuples(conn, {}, []) == []
+
+    def test_the_largest_list_must_be_a_power_of_two(self) -> None:
+        with pytest.raises(ValueError, match="power of two"):
+            db.PreparedIn(self._by_id, "id", 6)

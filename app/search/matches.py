@@ -11,11 +11,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import cast
 
-from sqlalchemy import Connection, Table, and_, bindparam, or_, select
+from sqlalchemy import Table, and_, bindparam, or_, select
 from sqlalchemy.orm import Session
 
 from app.audit import service as audit
-from app.db import Prepared, utcnow
+from app.db import AnySelect, PreparedIn, in_list, utcnow
 from app.reports.models import Report, ReportAccess, effective_level
 from app.search.index import BlindIndex, IndexEntry
 from app.search.models import EntityIndex
@@ -37,41 +37,21 @@ class _Match:
     entity_types: set[str] = field(default_factory=set)
 
 
-def _lookup(size: int) -> Prepared:
-    digest = _index.c.digest
-    return Prepared(
-        select(_index.c.report_id, _index.c.entity_type, digest).where(
-            digest.in_([bindparam(f"digest_{i}", type_=digest.type) for i in range(size)]),
-            _index.c.key_id == bindparam("key_id"),
-            # Two ranges of the lookup index around the originator's own rows ("!=" is served
-            # by no index): its earlier reports on the same entity are never visited.
-            or_(
-                _index.c.originator < bindparam("originator"),
-                _index.c.originator > bindparam("originator"),
-            ),
-        )
+def _lookup(size: int) -> AnySelect:
+    return select(_index.c.report_id, _index.c.entity_type, _index.c.digest).where(
+        in_list(_index.c.digest, "digest", size),
+        _index.c.key_id == bindparam("key_id"),
+        # Two ranges of the lookup index around the originator's own rows ("!=" is served by no
+        # index): its earlier reports on the same entity are never visited.
+        or_(
+            _index.c.originator < bindparam("originator"),
+            _index.c.originator > bindparam("originator"),
+        ),
     )
 
 
-# One statement per power of two, up to 256 digests (a report holds at most 200 entities): a
-# submission runs one on the driver's cursor, its list padded by repeating its last digest.
-_LOOKUPS = [_lookup(1 << n) for n in range(9)]
-_MOST = 1 << (len(_LOOKUPS) - 1)
-
-
-def _others_holding(
-    conn: Connection, digests: list[bytes], key_id: str, originator: str
-) -> list[tuple[str, str, bytes]]:
-    """The index rows of other originators' reports that hold any of `digests`."""
-    found: list[tuple[str, str, bytes]] = []
-    for start in range(0, len(digests), _MOST):
-        chunk = digests[start : start + _MOST]
-        bits = (len(chunk) - 1).bit_length()
-        padded = chunk + [chunk[-1]] * ((1 << bits) - len(chunk))
-        values: dict[str, object] = {f"digest_{i}": d for i, d in enumerate(padded)}
-        values |= {"key_id": key_id, "originator": originator}
-        found += _LOOKUPS[bits].tuples(conn, values)
-    return found
+# A report holds at most 200 entities: one statement per submission.
+_OTHERS_HOLDING = PreparedIn(_lookup, "digest", 256)
 
 
 def alert_matches(
@@ -97,9 +77,9 @@ def alert_matches(
     # First the index rows (one lookup per digest), then those reports: one statement joining
     # both may be planned from the reports side and visit all of them.
     shared: dict[str, set[str]] = {}
-    for other_id, entity_type, digest in _others_holding(
-        conn, sorted({e.digest for e in entries}), index.key_id, originator
-    ):
+    digests = sorted({e.digest for e in entries})
+    values = {"key_id": index.key_id, "originator": originator}
+    for other_id, entity_type, digest in _OTHERS_HOLDING.tuples(conn, values, digests):
         if IndexEntry(entity_type, digest) in wanted:
             shared.setdefault(other_id, set()).add(entity_type)
     if not shared:

@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from app.audit import service as audit
 from app.auth.service import Principal
-from app.db import utcnow
+from app.db import PreparedIn, in_list, utcnow
 from app.keys.service import Envelope
 from app.policy.service import PolicyState
 from app.reports import service as reports
@@ -30,8 +30,6 @@ from app.search.schemas import SearchIn
 
 # A search answers at most this many (report, entity type) pairs, newest reports first.
 MAX_RESULTS = 1000
-# Report ids per statement: well below the bound-parameter limits of SQLite and psycopg.
-ID_CHUNK = 500
 
 _index = cast(Table, EntityIndex.__table__)
 _reports = cast(Table, Report.__table__)
@@ -46,24 +44,33 @@ _VISIBLE = level_in(("full", "tearline", "hit"))
 # Two statements, each one index lookup: the entities' index rows, then the caller's decisions
 # on those reports. Joined in one statement, a planner without statistics (SQLite) may start
 # from the member's decisions instead and visit all of them.
-_MATCHING = select(_index.c.report_id, _index.c.entity_type, _index.c.digest).where(
-    _index.c.digest.in_(bindparam("digests", expanding=True)),
-    _index.c.key_id == bindparam("key_id"),
+_MATCHING = PreparedIn(
+    lambda size: select(_index.c.report_id, _index.c.entity_type, _index.c.digest).where(
+        in_list(_index.c.digest, "digest", size), _index.c.key_id == bindparam("key_id")
+    ),
+    "digest",
+    256,
 )
-_LEVELS = (
-    select(
-        _access.c.report_id,
-        effective_level(),
-        _access.c.report_updated_at,
-        _reports.c.originator,
-    )
-    .select_from(_access.join(_reports, _reports.c.id == _access.c.report_id))
-    .where(
-        _access.c.report_id.in_(bindparam("report_ids", expanding=True)),
-        _access.c.member_code == bindparam("member"),
-        _access.c.policy_hash == bindparam("policy_hash"),
-        _VISIBLE,
-    )
+# In chunks of at most 512 ids: one IN list per statement stays under the bound-parameter
+# limits of SQLite and psycopg.
+_LEVELS = PreparedIn(
+    lambda size: (
+        select(
+            _access.c.report_id,
+            effective_level(),
+            _access.c.report_updated_at,
+            _reports.c.originator,
+        )
+        .select_from(_access.join(_reports, _reports.c.id == _access.c.report_id))
+        .where(
+            in_list(_access.c.report_id, "report_id", size),
+            _access.c.member_code == bindparam("member"),
+            _access.c.policy_hash == bindparam("policy_hash"),
+            _VISIBLE,
+        )
+    ),
+    "report_id",
+    512,
 )
 
 
@@ -88,17 +95,13 @@ def search(
     The search and every result go to `trace`, with the purpose given.
     """
     entries = set(index.entries(query.entities, ("body", "entities")))
-    params = {
-        "member": principal.member,
-        "policy_hash": state.bundle.hash,
-        "now": utcnow(),
-        "digests": sorted({e.digest for e in entries}),
-        "key_id": index.key_id,
-    }
+    digests = sorted({e.digest for e in entries})
     wanted = {(e.entity_type, e.digest) for e in entries}
     matching = [
         (report_id, entity_type)
-        for report_id, entity_type, digest in conn.execute(_MATCHING, params)
+        for report_id, entity_type, digest in _MATCHING.tuples(
+            conn, {"key_id": index.key_id}, digests
+        )
         # Digests are made with a key per type, so this only drops the impossible.
         if (entity_type, digest) in wanted
     ]
@@ -106,11 +109,8 @@ def search(
     # the same statements; an id no report has stands in for none (an empty IN list would
     # leave the planner without the primary key to look up).
     ids = sorted({report_id for report_id, _ in matching}) or [""]
-    visible: dict[str, Any] = {}
-    # In bounded chunks: one IN list per statement stays under the bound-parameter limits.
-    for start in range(0, len(ids), ID_CHUNK):
-        params["report_ids"] = ids[start : start + ID_CHUNK]
-        visible.update((row.report_id, row) for row in conn.execute(_LEVELS, params))
+    params = {"member": principal.member, "policy_hash": state.bundle.hash, "now": utcnow()}
+    visible: dict[str, Any] = {row.report_id: row for row in _LEVELS.all(conn, params, ids)}
     rows = sorted(
         (
             (visible[report_id], entity_type)

@@ -136,11 +136,13 @@ class TestManyMatches:
         index = world.state.blind_index
         digests = sorted({index.entry("iban", iban).digest for iban in ibans})
         table = search_matches._index
+        lookup = search_matches._OTHERS_HOLDING
+        values = {"key_id": index.key_id, "originator": "FRA"}
         with world.state.db.engine.connect() as conn:
             for count, most in ((3, 256), (5, 2), (1, 256)):
-                monkeypatch.setattr(search_matches, "_MOST", most)
+                monkeypatch.setattr(lookup, "most", most)
                 wanted = digests[:count]
-                ours = search_matches._others_holding(conn, wanted, index.key_id, "FRA")
+                ours = lookup.tuples(conn, values, wanted)
                 theirs = conn.execute(
                     select(table.c.report_id, table.c.entity_type, table.c.digest).where(
                         table.c.digest.in_(wanted),

@@ -604,7 +604,7 @@ class TestManyResults:
     def test_results_span_statement_chunks_without_loss(
         self, world: World, monkeypatch: pytest.MonkeyPatch
     ) -> None:
-        monkeypatch.setattr(search_service, "ID_CHUNK", 2)
+        monkeypatch.setattr(search_service._LEVELS, "most", 2)
         iban = valid_iban()
         held = [
             world.submit(code, entities=[{"type": "iban", "value": iban}])
