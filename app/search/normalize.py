@@ -109,6 +109,13 @@ def _fold_characters(text: str) -> str:
     Marks on letters of other scripts (Cyrillic й, Devanagari vowel signs) are kept: there they
     are letters of their own, not spelling conventions.
     """
+    if text.isascii():
+        # NFKC and NFKD leave ASCII as it is, it holds no marks and neither table maps it.
+        return text.casefold()
+    return _fold_any_characters(text)
+
+
+def _fold_any_characters(text: str) -> str:
     text = unicodedata.normalize("NFKC", text).translate(_ARABIC_FOLD)
     text = unicodedata.normalize("NFKD", _ascii_digits(text).casefold())
     kept: list[str] = []
@@ -123,8 +130,17 @@ def _fold_characters(text: str) -> str:
     return unicodedata.normalize("NFC", "".join(kept).translate(_LATIN_LETTERS))
 
 
+_ASCII_WORD = re.compile(r"[A-Za-z0-9]+")
+
+
 def _words(text: str) -> list[str]:
     """Split on everything that is neither a letter, a digit nor a kept mark."""
+    if text.isascii():  # the common case: the same split, without a call per character
+        return _ASCII_WORD.findall(text)
+    return _any_words(text)
+
+
+def _any_words(text: str) -> list[str]:
     return "".join(char if char.isalnum() or _is_mark(char) else " " for char in text).split()
 
 

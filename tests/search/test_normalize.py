@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from app.reports.schemas import EntityType
+from app.search import normalize as normalize_module
 from app.search.normalize import ENTITY_TYPES, InvalidEntity, normalize
 
 IRAQ_IBAN = "IQ98NBIQ850123456789012"
@@ -504,6 +505,27 @@ class TestProperties:
             return
         assert result
         assert result == result.strip()
+
+
+class TestAsciiShortcuts:
+    """ASCII text takes shortcuts through the character folding and the word split; they must
+    give exactly what the general path gives."""
+
+    @settings(deadline=None)
+    @given(text=st.text(alphabet=st.characters(max_codepoint=127), max_size=200))
+    def test_folding_ascii_gives_what_the_general_path_gives(self, text: str) -> None:
+        assert normalize_module._fold_characters(text) == normalize_module._fold_any_characters(
+            text
+        )
+
+    @settings(deadline=None)
+    @given(text=st.text(alphabet=st.characters(max_codepoint=127), max_size=200))
+    def test_splitting_ascii_gives_what_the_general_path_gives(self, text: str) -> None:
+        assert normalize_module._words(text) == normalize_module._any_words(text)
+
+    def test_text_beyond_ascii_takes_the_general_path(self) -> None:
+        assert normalize_module._fold_characters("Ṣāliḥ ÆON") == "salih aeon"
+        assert normalize_module._words("abd‿allah x·y") == ["abd", "allah", "x", "y"]
 
 
 class TestTypes:
