@@ -36,10 +36,11 @@ T = TypeVar("T")
 
 log = logging.getLogger("tearline.db")
 BUSY_TIMEOUT_SECONDS = 10
-# SQLite's own bound is 1,000 pages; a Checkpointer keeps the log well below this one.
+# SQLite's own bound is 1,000 pages. Where a Checkpointer runs, the commits' copy is only the
+# fallback: the bound is raised so that they rarely meet it.
 AUTOCHECKPOINT_PAGES = 10_000
-# What a Checkpointer copies while holding the writer's turn, at most (see Checkpointer).
-CATCH_UP_FRAMES = 1_000
+# What a Checkpointer copies while holding the writers' turn, at most (see Checkpointer).
+CATCH_UP_FRAMES = 256
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -192,7 +193,8 @@ class Prepared:
 
 def in_list(column: ColumnElement[Any], key: str, size: int) -> ColumnElement[bool]:
     """`column IN (:key_0, ..., :key_<size-1>)`, for the statements of a PreparedIn."""
-    return column.in_([bindparam(f"{key}_{i}", type_=column.type) for i in range(size)])
+    # "__in" keeps the names apart from SQLAlchemy's own (report_id_1, ...).
+    return column.in_([bindparam(f"{key}__in{i}", type_=column.type) for i in range(size)])
 
 
 class PreparedIn:
@@ -207,7 +209,14 @@ class PreparedIn:
             raise ValueError("most must be a power of two")
         self.key = key
         self.most = most
-        self.statements = [Prepared(build(1 << n)) for n in range(most.bit_length())]
+        self._build = build
+        self._statements: dict[int, Prepared] = {}
+
+    def _statement(self, bits: int) -> Prepared:
+        prepared = self._statements.get(bits)
+        if prepared is None:
+            prepared = self._statements[bits] = Prepared(self._build(1 << bits))
+        return prepared
 
     def _chunks(
         self, values: Mapping[str, Any], items: Sequence[Any]
@@ -216,8 +225,8 @@ class PreparedIn:
             chunk = list(items[start : start + self.most])
             bits = (len(chunk) - 1).bit_length()
             chunk += [chunk[-1]] * ((1 << bits) - len(chunk))
-            bound = {**values, **{f"{self.key}_{i}": item for i, item in enumerate(chunk)}}
-            yield self.statements[bits], bound
+            bound = {**values, **{f"{self.key}__in{i}": item for i, item in enumerate(chunk)}}
+            yield self._statement(bits), bound
 
     def all(
         self, conn: Connection, values: Mapping[str, Any], items: Sequence[Any]
@@ -260,16 +269,25 @@ class PreparedInsert:
             raise ValueError(f"{table.name}: give {left_out} (defaults only SQLAlchemy applies)")
 
     def run(self, conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
-        """Insert `rows` (each with exactly the keys given) in the connection's transaction."""
+        """Insert `rows` (each with exactly the keys given) in the connection's transaction,
+        begun here if the connection has none yet (as `conn.execute` would)."""
         if not rows:
             return
         compiled = self._compiled.get(conn.dialect.name)
         if compiled is None:
-            statement = self.table.insert()
+            # inline(): no RETURNING of generated keys, which an executemany would discard.
+            statement = self.table.insert().inline()
             if self.fixed:
                 statement = statement.values(self.fixed)
             compiled = _Compiled(statement, conn.dialect, self.keys)
             self._compiled[conn.dialect.name] = compiled
+        width = len(self.keys)
+        if any(len(r) != width for r in rows):
+            # A key given but not declared would be dropped silently; a missing one is a
+            # KeyError below. SQLAlchemy's insert refuses both.
+            raise ValueError(f"{self.table.name}: each row must give exactly {self.keys}")
+        if not conn.in_transaction():
+            conn.begin()
         _on_cursor(conn, compiled.sql, [compiled.parameters(r) for r in rows], many=True)
 
 
@@ -280,7 +298,8 @@ def _on_cursor(conn: Connection, sql: str, parameters: Any, *, many: bool) -> li
         raise RuntimeError("the connection is closed")
     cursor = dbapi_connection.cursor()
     try:
-        # Listeners (statement logging, tests that count statements) see it like any other.
+        # Listeners (statement logging, tests that count statements) see it before it runs
+        # (before_cursor_execute, without an execution context); no after_cursor_execute.
         conn.dispatch.before_cursor_execute(conn, cursor, sql, parameters, None, many)
         if many:
             cursor.executemany(sql, parameters)
@@ -348,40 +367,51 @@ class Checkpointer:
         self._stop.set()
         self._thread.join(timeout=BUSY_TIMEOUT_SECONDS)
 
-    def _passive(self) -> tuple[int, int]:
-        # A raw pooled connection: no SQLAlchemy transaction, so no writer's turn is taken.
-        raw = self._engine.raw_connection()
-        try:
-            cursor = raw.cursor()
-            _, frames, copied = cursor.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-            cursor.close()
-        finally:
-            raw.close()
+    @staticmethod
+    def _passive(cursor: Any) -> tuple[int, int]:
+        _, frames, copied = cursor.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
         return int(frames), int(copied)
 
     def checkpoint(self) -> tuple[int, int]:
         """One round: (frames in the log, frames copied back into the database file).
 
-        Under steady writes the copy never catches up with the log, and SQLite starts the log
-        afresh only once every frame is copied. So when little is left, the rest is copied
-        holding the writer's turn (a millisecond or two): the next writer then starts the log
-        from its beginning, and the file stops growing.
+        Under steady writes the copy rarely catches up with the log, and SQLite starts the log
+        afresh only once every frame is copied. So when little is left (CATCH_UP_FRAMES), the
+        rest is copied holding the writers' turn, a few milliseconds during which the writers
+        (and so, on SQLite, the event loop) wait; the next writer then starts the log from its
+        beginning. The connection is taken before the turn, so no wait for the pool holds it.
         """
-        frames, copied = self._passive()
-        if 0 <= frames - copied <= CATCH_UP_FRAMES and copied < frames:
-            turn = _TURNS.get(self._engine)
-            if turn is not None:
-                with turn.held():
-                    frames, copied = self._passive()
+        # A raw pooled connection: no SQLAlchemy transaction, so no writer's turn is taken.
+        raw = self._engine.raw_connection()
+        try:
+            cursor = raw.cursor()
+            try:
+                frames, copied = self._passive(cursor)
+                turn = _TURNS.get(self._engine)
+                if turn is not None and 0 < frames - copied <= CATCH_UP_FRAMES:
+                    with turn.held():
+                        frames, copied = self._passive(cursor)
+            finally:
+                cursor.close()
+        finally:
+            raw.close()
         self.checkpoints += 1
         return frames, copied
 
     def _run(self) -> None:
+        failing = False
         while not self._stop.wait(self._interval):
             try:
                 self.checkpoint()
             except Exception:
-                log.exception("WAL checkpoint failed")
+                # Once per failing stretch, not four times a second.
+                if not failing:
+                    log.exception("WAL checkpoint failed; retrying every %.2f s", self._interval)
+                failing = True
+            else:
+                if failing:
+                    log.warning("WAL checkpoints succeed again")
+                failing = False
 
 
 class _WriterTurn:

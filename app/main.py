@@ -69,19 +69,24 @@ async def _background(state: AppState, settings: Settings) -> AsyncIterator[None
     checkpointing = Checkpointer(state.db.engine).start() if state.db.inline else None
     running = dispatcher.start(state) if settings.webhook_dispatch_in_serve else None
     keeping = maintainer.start(state) if settings.audit_tree_in_serve else None
-    yield
-    if keeping is not None:
-        await keeping.stop()
-    if running is not None:
-        await running.stop()
-    if hangup:
-        asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
-    # Entries of requests that were cancelled (a client gone) are still written.
-    await state.audit_log.drain()
-    # A pass of re-decision stops between two batches; the next start finishes it.
-    await state.redecider.stop()
-    if checkpointing is not None:
-        checkpointing.stop()
+    try:
+        yield
+    finally:
+        try:
+            if keeping is not None:
+                await keeping.stop()
+            if running is not None:
+                await running.stop()
+            if hangup:
+                asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
+            # Entries of requests that were cancelled (a client gone) are still written.
+            await state.audit_log.drain()
+            # A pass of re-decision stops between two batches; the next start finishes it.
+            await state.redecider.stop()
+        finally:
+            # Whatever failed above, the thread stops before its engine is disposed.
+            if checkpointing is not None:
+                checkpointing.stop()
 
 
 def create_app(settings: Settings | None = None, *, state: AppState | None = None) -> FastAPI:
@@ -94,9 +99,11 @@ def create_app(settings: Settings | None = None, *, state: AppState | None = Non
         if settings.is_development:
             bootstrap.upgrade_database(settings.resolved_database_url)
         bootstrap.prepare_database(state)
-        async with _background(state, settings):
-            yield
-        state.db.dispose()
+        try:
+            async with _background(state, settings):
+                yield
+        finally:
+            state.db.dispose()
 
     app = FastAPI(
         title="Tearline",

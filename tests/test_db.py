@@ -268,6 +268,31 @@ class TestPreparedInsert:
         with pytest.raises(ValueError, match="status"):
             db.PreparedInsert(reports_service._reports, ["id", "originator"])
 
+    def test_on_a_fresh_connection_it_begins_the_transaction_its_rows_belong_to(
+        self, fresh_world: World
+    ) -> None:
+        topic = {"report_id": fresh_world.submit("USA")["id"], "topic": "XX.TEST"}
+        engine = fresh_world.state.db.engine
+        count = text("SELECT count(*) FROM report_topics WHERE topic = 'XX.TEST'")
+        with engine.connect() as conn:
+            reports_service._INSERT_TOPIC.run(conn, [topic])
+            assert conn.in_transaction()
+            conn.rollback()
+        with engine.connect() as conn:
+            assert conn.execute(count).scalar() == 0
+            reports_service._INSERT_TOPIC.run(conn, [topic])
+            conn.commit()
+        with engine.connect() as conn:
+            assert conn.execute(count).scalar() == 1
+
+    def test_a_row_with_a_key_it_does_not_insert_is_refused(self, fresh_world: World) -> None:
+        row = {"report_id": "x", "topic": "XX.TEST", "surplus": 1}
+        with (
+            pytest.raises(ValueError, match="exactly"),
+            fresh_world.state.db.engine.begin() as conn,
+        ):
+            reports_service._INSERT_TOPIC.run(conn, [row])
+
     def test_no_rows_is_no_statement(self, fresh_world: World) -> None:
         seen: list[str] = []
         engine = fresh_world.state.db.engine
@@ -328,7 +353,7 @@ class TestCheckpointer:
         turn = db._TURNS[engine]
         rounds: list[bool] = []
 
-        def passive() -> tuple[int, int]:
+        def passive(_cursor: object) -> tuple[int, int]:
             # A writer committed while the first round copied: 10 frames are left.
             rounds.append(turn._lock.locked())
             return (100, 90) if len(rounds) == 1 else (100, 100)
@@ -346,13 +371,37 @@ class TestCheckpointer:
         checkpointer = db.Checkpointer(engine)
         rounds: list[int] = []
 
-        def passive() -> tuple[int, int]:
+        def passive(_cursor: object) -> tuple[int, int]:
             rounds.append(1)
             return 5_000, 5_000 - db.CATCH_UP_FRAMES - 1
 
         monkeypatch.setattr(checkpointer, "_passive", passive)
         checkpointer.checkpoint()
         assert len(rounds) == 1
+        engine.dispose()
+
+    def test_a_failing_stretch_is_logged_once(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        engine = make_engine(f"sqlite:///{tmp_path / 'x.db'}")
+        checkpointer = db.Checkpointer(engine, interval=0.005)
+        calls: list[int] = []
+
+        def failing() -> tuple[int, int]:
+            calls.append(1)
+            raise OSError("disk gone")
+
+        monkeypatch.setattr(checkpointer, "checkpoint", failing)
+        with caplog.at_level("WARNING", logger="tearline.db"):
+            checkpointer.start()
+            deadline = time.monotonic() + 5
+            while len(calls) < 5 and time.monotonic() < deadline:
+                time.sleep(0.005)
+            checkpointer.stop()
+        assert len(calls) >= 5
+        assert [r.getMessage() for r in caplog.records].count(
+            "WAL checkpoint failed; retrying every 0.01 s"
+        ) == 1
         engine.dispose()
 
     def test_the_thread_checkpoints_until_stopped(self, tmp_path: Path) -> None:

@@ -146,3 +146,21 @@ def test_serve_copies_the_sqlite_log_back_on_a_thread_of_its_own_until_shutdown(
     # PostgreSQL checkpoints on its own.
     assert running == (1 if BACKEND == "sqlite" else 0)
     assert _checkpoint_threads() == before
+
+
+def test_the_checkpointer_stops_even_when_stopping_the_rest_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    before = _checkpoint_threads()
+    world = make_world(tmp_path)
+
+    async def broken() -> None:
+        raise RuntimeError("redecider failed to stop")
+
+    monkeypatch.setattr(world.state.redecider, "stop", broken)
+    try:
+        with pytest.raises(RuntimeError, match="redecider"):
+            world.close()
+    finally:
+        drop_database(world.settings.resolved_database_url)
+    assert _checkpoint_threads() == before

@@ -42,9 +42,7 @@ _BEARER = {
 
 
 def _route(request: Request) -> str:
-    # The scope's path, not request.url: that would parse the Host header and build a URL.
-    path: str = request.scope["path"]
-    return f"route:{request.method} {path[:100]}"
+    return f"route:{request.method} {request.url.path[:100]}"
 
 
 def _token_refusal(route: str, exc: TokenError) -> audit.Entry:
@@ -180,8 +178,7 @@ class Authenticator:
 
 async def _within_rate(request: Request, state: AppState, claimed: Principal, route: str) -> None:
     """Take one request from the client's bucket of the route's family; 429 when it is empty."""
-    path: str = request.scope["path"]
-    template: str = getattr(request.scope.get("route"), "path", path)
+    template = getattr(request.scope.get("route"), "path", request.url.path)
     limited = state.route_limits.family(request.method, template)
     if limited is None:
         return
