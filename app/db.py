@@ -192,8 +192,8 @@ class Prepared:
 
 
 def in_list(column: ColumnElement[Any], key: str, size: int) -> ColumnElement[bool]:
-    """`column IN (:key_0, ..., :key_<size-1>)`, for the statements of a PreparedIn."""
-    # "__in" keeps the names apart from SQLAlchemy's own (report_id_1, ...).
+    """`column IN (:<key>__in0, ..., :<key>__in<size-1>)`, for the statements of a PreparedIn;
+    "__in" keeps the names apart from SQLAlchemy's own (report_id_1, ...)."""
     return column.in_([bindparam(f"{key}__in{i}", type_=column.type) for i in range(size)])
 
 

@@ -197,7 +197,7 @@ def update_report(
         )
     entities = service.seal_version(conn, envelope, report, payload)
     conn.execute(delete(_topics).where(_topics.c.report_id == report_id))
-    conn.execute(_topics.insert(), [{"report_id": report_id, "topic": t} for t in payload.topics])
+    service.store_topics(conn, report_id, payload.topics)
     decided = service.decide_again(session, state, report)
     # Before the match alerts on this version, as on creation.
     service.emit_report_event(conn, "report.updated", report, decided.readable_before())

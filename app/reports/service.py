@@ -263,7 +263,7 @@ def create(
     conn = session.connection()
     _INSERT_REPORT.run(conn, [dataclasses.asdict(report)])
     entities = seal_version(conn, envelope, report, payload)
-    _INSERT_TOPIC.run(conn, [{"report_id": report_id, "topic": t} for t in payload.topics])
+    store_topics(conn, report_id, payload.topics)
     _store_decisions(session, report, decisions)
     # Before the match alerts: a consumer learns of the report before it learns of matches on it.
     emit_report_event(conn, "report.created", report)
@@ -282,6 +282,11 @@ def create(
         ),
     )
     return originator_view(report, payload, entities, decisions), False
+
+
+def store_topics(conn: Connection, report_id: str, topics: Iterable[str]) -> None:
+    """The report's topic rows (for listings filtered by topic)."""
+    _INSERT_TOPIC.run(conn, [{"report_id": report_id, "topic": t} for t in topics])
 
 
 def index_entries(index: BlindIndex, payload: ReportIn) -> list[IndexEntry]:
