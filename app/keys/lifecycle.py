@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import cast
+from typing import TypeVar, cast
 
 from sqlalchemy import ColumnElement, Connection, Table, and_, func, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
@@ -462,24 +462,36 @@ def rewrap_pass(
         advance(moved)
         if moved < batch:
             break
-    after: tuple[str, int] | None = None
-    while True:
-        with transaction(factory) as session:
-            current = current_versions(session.connection())
-            moved, refused, after = rewrap_data_keys(session, envelope, current, after, batch)
-        totals.data_keys += moved
-        advance(moved + len(refused - totals.refused))
-        totals.refused |= refused
-        if after is None:
-            break
-    last: str | None = None
-    while True:
-        with transaction(factory) as session:
-            current = current_versions(session.connection())
-            moved, refused, last = rewrap_secrets(session, envelope, current, last, batch)
-        totals.secrets += moved
-        advance(moved + len(refused - totals.refused))
-        totals.refused |= refused
-        if last is None:
-            break
+    totals.data_keys += _sweep(factory, envelope, rewrap_data_keys, batch, totals, advance)
+    totals.secrets += _sweep(factory, envelope, rewrap_secrets, batch, totals, advance)
     return totals.done - done_before
+
+
+_Cursor = TypeVar("_Cursor")
+_Rewrap = Callable[
+    [Session, Envelope, dict[str, int], _Cursor | None, int],
+    tuple[int, set[tuple[str, int]], _Cursor | None],
+]
+
+
+def _sweep(
+    factory: sessionmaker[Session],
+    envelope: Envelope,
+    rewrap: _Rewrap[_Cursor],
+    batch: int,
+    totals: RewrapTotals,
+    advance: Callable[[int], object],
+) -> int:
+    """Run `rewrap` batch after batch, each against the versions then current, from its cursor
+    to the end; adds what it refused to `totals`; how many it moved."""
+    cursor: _Cursor | None = None
+    moved_in_all = 0
+    while True:
+        with transaction(factory) as session:
+            current = current_versions(session.connection())
+            moved, refused, cursor = rewrap(session, envelope, current, cursor, batch)
+        moved_in_all += moved
+        advance(moved + len(refused - totals.refused))
+        totals.refused |= refused
+        if cursor is None:
+            return moved_in_all

@@ -38,6 +38,16 @@ def _later(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(signing, "_monotonic", lambda: moment)
 
 
+def _retire_current(world: World, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Activate a new signing key and retire the one in use; the processes have looked again.
+    The new key's id."""
+    keyring = _keyring(world)
+    new = keyring.add_signing_key(utcnow() - timedelta(hours=1))
+    keyring.retire_signing_key(world.state.signing_key.kid, utcnow())
+    _later(monkeypatch)
+    return new
+
+
 class TestRotation:
     def test_a_new_key_is_published_before_it_signs(
         self, fresh_world: World, monkeypatch: pytest.MonkeyPatch
@@ -93,10 +103,8 @@ class TestRetirement:
         signed = checkpoints.SignedCheckpoint(
             1, b"\x01" * 32, stamp, checkpoints.sign(old, 1, b"\x01" * 32, stamp)
         ).public()
+        new = _retire_current(world, monkeypatch)
         keyring = _keyring(world)
-        new = keyring.add_signing_key(utcnow() - timedelta(hours=1))
-        keyring.retire_signing_key(old.kid, utcnow())
-        _later(monkeypatch)
 
         assert world.state.signing_key.kid == new
         assert old.kid in _published(world)
@@ -120,10 +128,7 @@ class TestRetiredKeys:
     ) -> None:
         world = fresh_world
         old = world.state.signing_key
-        keyring = _keyring(world)
-        keyring.add_signing_key(utcnow() - timedelta(hours=1))
-        keyring.retire_signing_key(old.kid, utcnow())
-        _later(monkeypatch)
+        _retire_current(world, monkeypatch)
         # A stolen copy of the retired private key mints a token as the service would.
         now = int(utcnow().timestamp())
         claims = {
